@@ -1,0 +1,17 @@
+r"""CIFAR-100, 10,000 labels, PreAct ResNet-18: plain supervised training on the labelled images only (no mixup).
+
+    python experiments/run.py --config=configs/cifar100_erm.py --workdir=workdirs/cifar100_erm
+    python experiments/run.py --config=configs/cifar100_erm.py:smoke   # seconds, wiring check
+
+Data: TFDS 'cifar100' in --config.data.data_dir (see README to prepare it), or an
+array file: --config.data.source=/path/cifar100.npz.
+What it should reach: MixMatch (Berthelot et al., 2019) reports about 74% with 10,000 labels on the much wider WRN-28-8;
+expect less with PreAct ResNet-18, and the erm config as the baseline to beat. These are literature figures for
+orientation, not yet reproduced with this code.
+"""
+
+from mixlin_jax import config as config_lib
+
+
+def get_config(arg=None):
+  return config_lib.finalize(config_lib.dataset_config("cifar100", "erm"), arg)

@@ -1,0 +1,355 @@
+"""Experiment configuration: the shared base, named variants, and validation.
+
+Every ``configs/*.py`` file builds on :func:`base_config` and finishes with
+:func:`finalize`, which applies the ``:arg`` variants of the command line
+(``--config=configs/cifar10_mix3.py:smoke``) and locks the dict so that a
+misspelt override (``--config.train.epoch=3``) fails instead of being
+silently ignored.
+
+:func:`validate` checks a config before any data is read, any array is
+computed or any file is written, and raises one :class:`ConfigError` that
+names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable
+
+import ml_collections
+
+# Kept here rather than imported from data/models so validation stays cheap
+# and importable without JAX; tests check they agree with those modules.
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100,
+                   "svhn_cropped": 10}
+DATASET_TRAIN_SIZE = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000,
+                      "svhn_cropped": 73_257}
+MODEL_NAMES = ("cnn", "preact_resnet18", "wrn28_2")
+MIXUP_MODES = ("none", "supervised", "unsupervised")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+NAMED_SOURCES = ("tfds", "embedded")
+LINEARITY_SPLITS = ("test", "train")
+
+# Fields that do not change what a run computes; a workdir may be resumed
+# with different values for these.
+RESULT_NEUTRAL_FIELDS = frozenset({
+    "data.data_dir",
+    "checkpoint.max_to_keep",
+    "train.log_every_steps",
+    "eval.batch_size",
+    "linearity.batch_size",
+})
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that is not allowed."""
+
+  def __init__(self, field: str, value: Any, allowed: str):
+    self.field, self.value, self.allowed = field, value, allowed
+    name = field if field.startswith("--") else f"config.{field}"
+    super().__init__(f"{name} = {value!r} is not allowed: {allowed}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (CIFAR-scale, WRN-28-2, no mixup)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "cifar10"
+  # 'tfds' (prepared TFDS data in data_dir), 'embedded' (scikit-learn's
+  # digits, offline) or a path to an .npz array file.
+  c.data.source = "tfds"
+  c.data.data_dir = ""  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
+  c.data.num_labels = 4000
+  c.data.num_train = 0  # keep only this many training images (0 = all).
+  c.data.num_test = 0
+  c.data.crop_padding = 4
+  c.data.flip = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "wrn28_2"
+  # 'auto' = bfloat16 on GPU/TPU and float32 on CPU; parameters and
+  # optimizer state are always float32.
+  c.model.compute_dtype = "auto"
+
+  c.mixup = ml_collections.ConfigDict()
+  c.mixup.mode = "none"
+  c.mixup.num_points = 2
+  c.mixup.alpha = 1.0
+  c.mixup.consistency_weight = 10.0
+  c.mixup.rampup_epochs = 5.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 100
+  c.train.batch_size = 64  # labelled images per step
+  c.train.unlabelled_batch_size = 128  # unlabelled images per step (mode 'unsupervised')
+  c.train.learning_rate = 0.05
+  c.train.momentum = 0.9
+  c.train.nesterov = True
+  c.train.weight_decay = 5e-4
+  c.train.warmup_epochs = 1.0
+  c.train.ema_decay = 0.999
+  c.train.log_every_steps = 50
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500
+
+  c.linearity = ml_collections.ConfigDict()
+  c.linearity.enabled = True
+  c.linearity.split = "test"
+  c.linearity.num_tuples = 512
+  c.linearity.num_points = 2
+  c.linearity.grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  c.linearity.num_dirichlet = 8
+  c.linearity.batch_size = 128
+  # Separate from `seed` on purpose: runs with different training seeds or
+  # regimes measure linearity on the very same tuples and weights.
+  c.linearity.seed = 0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.max_to_keep = 0  # 0 = keep every epoch (post-hoc analysis needs them)
+  return c
+
+
+_REGIME = re.compile(r"^(erm|supmix(\d+)|mix(\d+))$")
+
+
+def apply_regime(c: ml_collections.ConfigDict, regime: str) -> None:
+  """Sets the mixup block from a regime name: erm, supmixK or mixK."""
+  m = _REGIME.match(regime)
+  if not m:
+    raise ConfigError("<arg>", regime,
+                      "one of smoke, erm, supmixK, mixK (K an integer >= 1)")
+  if regime == "erm":
+    c.mixup.mode = "none"
+  elif m.group(2):
+    c.mixup.mode, c.mixup.num_points = "supervised", int(m.group(2))
+  else:
+    c.mixup.mode, c.mixup.num_points = "unsupervised", int(m.group(3))
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+  """Shrinks any config to a seconds-long run on CPU (wiring checks).
+
+  The model becomes the small CNN: a ResNet step costs seconds on two CPU
+  cores. Override ``--config.model.name`` after ``:smoke`` to keep it.
+  """
+  classes = DATASET_CLASSES.get(c.data.dataset, 10)
+  c.model.name = "cnn"
+  c.data.num_train = 0 if c.data.dataset == "digits" else 40 * classes
+  c.data.num_test = 0 if c.data.dataset == "digits" else 10 * classes
+  c.data.num_labels = 4 * classes
+  c.train.epochs = 2
+  c.train.batch_size = 16
+  c.train.unlabelled_batch_size = 32
+  c.train.log_every_steps = 5
+  c.mixup.rampup_epochs = 1.0
+  c.linearity.num_tuples = 32
+  c.linearity.num_dirichlet = 4
+  c.linearity.batch_size = 16
+  c.eval.batch_size = 64
+
+
+def finalize(c: ml_collections.ConfigDict,
+             arg: str | None) -> ml_collections.ConfigDict:
+  """Applies comma-separated ``:arg`` variants, then locks the config."""
+  for token in filter(None, (arg or "").split(",")):
+    token = token.strip()
+    if token == "smoke":
+      apply_smoke(c)
+    else:
+      apply_regime(c, token)
+  c.lock()
+  return c
+
+
+def flatten(c: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
+  """{'train.epochs': 3, ...} with tuples turned into lists (JSON-stable)."""
+  out = {}
+  items = c.items() if isinstance(c, dict) else c.to_dict().items()
+  for k, v in items:
+    key = f"{prefix}{k}"
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def result_differences(old: dict, new: dict) -> list[str]:
+  """Fields (flattened) whose values differ and that change the result."""
+  fo, fn = flatten(old), flatten(new)
+  keys = sorted(set(fo) | set(fn))
+  return [f"{k}: {fo.get(k, '<absent>')!r} -> {fn.get(k, '<absent>')!r}"
+          for k in keys
+          if k not in RESULT_NEUTRAL_FIELDS and fo.get(k) != fn.get(k)]
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(field, value, allowed)
+
+
+def _one_of(field: str, value: Any, allowed: Iterable[str]) -> None:
+  allowed = tuple(allowed)
+  _require(value in allowed, field, value,
+           "one of " + ", ".join(repr(a) for a in allowed))
+
+
+def _positive(c, field: str) -> None:
+  value = _get(c, field)
+  _require(isinstance(value, (int, float)) and value > 0, field, value,
+           "a number > 0")
+
+
+def _get(c, field: str) -> Any:
+  for part in field.split("."):
+    c = c[part]
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
+             workdir: str | None = None) -> None:
+  """Checks every field that could make a run fail late or silently wrong.
+
+  Runs before any data loading, compute or write. ``device_count`` is the
+  global number of devices the batch is sharded over; ``workdir`` (if given)
+  must be creatable and writable.
+
+  Raises:
+    ConfigError: naming the first offending field, its value and what is
+      allowed.
+  """
+  _one_of("data.dataset", c.data.dataset, DATASET_CLASSES)
+  source = c.data.source
+  _require(source in NAMED_SOURCES or str(source).endswith(".npz"),
+           "data.source", source,
+           "'tfds', 'embedded' or a path to an .npz array file")
+  if source == "embedded":
+    _require(c.data.dataset == "digits", "data.dataset", c.data.dataset,
+             "'digits' when data.source is 'embedded' (scikit-learn's digits)")
+  if c.data.dataset == "digits":
+    _require(source != "tfds", "data.source", source,
+             "'embedded' or an .npz file for dataset 'digits' (not in TFDS)")
+  _one_of("model.name", c.model.name, MODEL_NAMES)
+  _one_of("model.compute_dtype", c.model.compute_dtype, COMPUTE_DTYPES)
+  _one_of("mixup.mode", c.mixup.mode, MIXUP_MODES)
+  _one_of("linearity.split", c.linearity.split, LINEARITY_SPLITS)
+
+  classes = DATASET_CLASSES[c.data.dataset]
+  for field in ("data.num_labels", "train.epochs", "train.batch_size",
+                "train.log_every_steps", "eval.batch_size"):
+    value = _get(c, field)
+    _require(isinstance(value, int) and value >= 1, field, value,
+             "an integer >= 1")
+  for field in ("data.num_train", "data.num_test", "data.crop_padding",
+                "checkpoint.max_to_keep"):
+    value = _get(c, field)
+    _require(isinstance(value, int) and value >= 0, field, value,
+             "an integer >= 0")
+  _require(c.data.num_labels % classes == 0, "data.num_labels",
+           c.data.num_labels,
+           f"a multiple of the {classes} classes of {c.data.dataset} "
+           "(the labelled subset is class-balanced)")
+  available = DATASET_TRAIN_SIZE[c.data.dataset]
+  if c.data.num_train:
+    available = min(available, c.data.num_train)
+  if source in NAMED_SOURCES:  # an array file's size is checked on load
+    _require(c.data.num_labels <= available, "data.num_labels",
+             c.data.num_labels,
+             f"at most {available}, the training images of "
+             f"{c.data.dataset}" + (" kept by data.num_train"
+                                    if c.data.num_train else ""))
+  if c.data.num_train:
+    _require(c.data.num_labels <= c.data.num_train, "data.num_labels",
+             c.data.num_labels, f"at most data.num_train = {c.data.num_train}")
+
+  for field in ("train.learning_rate", "mixup.alpha"):
+    _positive(c, field)
+  for field in ("train.weight_decay", "train.momentum",
+                "train.warmup_epochs", "mixup.consistency_weight",
+                "mixup.rampup_epochs"):
+    value = _get(c, field)
+    _require(isinstance(value, (int, float)) and value >= 0, field, value,
+             "a number >= 0")
+  _require(0 <= c.train.ema_decay < 1, "train.ema_decay", c.train.ema_decay,
+           "a number in [0, 1)")
+  _require(c.train.warmup_epochs <= c.train.epochs, "train.warmup_epochs",
+           c.train.warmup_epochs, f"at most train.epochs = {c.train.epochs}")
+
+  k = c.mixup.num_points
+  _require(isinstance(k, int) and k >= 1, "mixup.num_points", k,
+           "an integer >= 1")
+  mixed_batch = (c.train.unlabelled_batch_size
+                 if c.mixup.mode == "unsupervised" else c.train.batch_size)
+  _require(k <= mixed_batch, "mixup.num_points", k,
+           f"at most the batch it mixes ({mixed_batch})")
+  if c.mixup.mode == "unsupervised":
+    ub = c.train.unlabelled_batch_size
+    _require(isinstance(ub, int) and ub >= 1, "train.unlabelled_batch_size",
+             ub, "an integer >= 1")
+    _require(c.data.num_labels < available, "data.num_labels",
+             c.data.num_labels,
+             "fewer than the training images: mode 'unsupervised' needs "
+             "unlabelled data")
+
+  for field in ("train.batch_size", "eval.batch_size") + (
+      ("train.unlabelled_batch_size",)
+      if c.mixup.mode == "unsupervised" else ()):
+    value = _get(c, field)
+    _require(value % device_count == 0, field, value,
+             f"a multiple of the {device_count} devices the batch is "
+             "sharded over")
+
+  lin = c.linearity
+  _require(isinstance(lin.num_points, int) and lin.num_points >= 2,
+           "linearity.num_points", lin.num_points, "an integer >= 2")
+  for field in ("num_tuples", "batch_size", "num_dirichlet"):
+    value = lin[field]
+    _require(isinstance(value, int) and value >= 1, f"linearity.{field}",
+             value, "an integer >= 1")
+  _require(lin.batch_size % device_count == 0, "linearity.batch_size",
+           lin.batch_size,
+           f"a multiple of the {device_count} devices")
+  _require(len(lin.grid) >= 1 and all(0 < t < 1 for t in lin.grid),
+           "linearity.grid", tuple(lin.grid),
+           "a non-empty tuple of numbers strictly between 0 and 1")
+
+  if workdir is not None:
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: str) -> None:
+  path = os.path.abspath(workdir)
+  probe = path
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  ok = os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
+  if not ok:
+    raise ConfigError("--workdir", workdir,
+                      f"a writable directory ({probe!r} is not writable "
+                      "or not a directory)")
+
+
+def dataset_config(dataset: str, regime: str) -> ml_collections.ConfigDict:
+  """Base config specialised to a CIFAR/SVHN dataset and a regime name.
+
+  Per-dataset choices: the usual semi-supervised label budgets (CIFAR-10
+  4,000, CIFAR-100 10,000, SVHN 1,000); WRN-28-2 for CIFAR-10 and SVHN,
+  PreAct ResNet-18 for CIFAR-100; no horizontal flips for SVHN (digits are
+  not mirror-symmetric).
+  """
+  c = base_config()
+  c.data.dataset = dataset
+  c.data.num_labels = {"cifar10": 4000, "cifar100": 10_000,
+                       "svhn_cropped": 1000}[dataset]
+  c.model.name = "preact_resnet18" if dataset == "cifar100" else "wrn28_2"
+  if dataset == "svhn_cropped":
+    c.data.flip = False
+  apply_regime(c, regime)
+  return c
