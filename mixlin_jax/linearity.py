@@ -245,8 +245,12 @@ def _layer_metrics(h, r, jd, hp, weights, tangent_t, metrics):
     return out
 
 
-def _per_tuple_core(apply_fn, variables, x, weights, tangent_t, metrics):
-    """Traceable body of :func:`per_tuple_metrics` (shapes are static)."""
+def _per_tuple_core(apply_fn, variables, x, weights, tangent_t, metrics, constrain=None):
+    """Traceable body of :func:`per_tuple_metrics` (shapes are static).
+
+    ``constrain`` (optional, e.g. a sharding constraint) is applied to every
+    batch given to ``apply_fn``, so the forwards can be split over devices.
+    """
     x = jnp.asarray(x)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
     T, K = x.shape[:2]
@@ -259,6 +263,8 @@ def _per_tuple_core(apply_fn, variables, x, weights, tangent_t, metrics):
     want_tan = "tangent_residual" in metrics
 
     def acts(z):
+        if constrain is not None:
+            z = constrain(z)
         return _flatten_acts(apply_fn(variables, z)[1])
 
     # One plain batched forward for everything except x_1 when the JVP runs
@@ -362,6 +368,8 @@ def per_tuple_metrics(
     JVP, whose primal is ``h(x_1)``), all W*T mixtures (and, for K > 2, the
     path points) in the same batched forward, and the per-layer arithmetic is
     mapped over the activations dict with ``jax.tree.map`` at trace time.
+    ``apply_fn`` is a static jit argument (hashed by identity): pass the same
+    function object each time, not a fresh lambda, or every call recompiles.
     """
     metrics = _check_metrics(metrics)
     K = x_tuples.shape[1]
@@ -469,15 +477,21 @@ def _merge_stats(n, mean, m2, values, mask):
     return mean + delta * (nb / tot), m2 + bm2 + jnp.square(delta) * (n * nb / tot)
 
 
-def _evaluate(apply_fn, preprocess, metrics, variables, images, tuples, mask, weights, tangent_t):
+def _evaluate(apply_fn, preprocess, metrics, variables, images, tuples, mask, weights, tangent_t,
+              *, constrain=None):
     """All tuple batches in one jitted ``lax.scan``; returns mean/stderr on device."""
     _, B, K = tuples.shape
 
     def batch_values(idx):
-        x = images[idx.reshape(-1)]  # on-device gather (B*K, ...)
+        idx = idx.reshape(-1)
+        if constrain is not None:  # each device gathers only its tuples
+            idx = constrain(idx)
+        x = images[idx]  # on-device gather (B*K, ...)
         x = preprocess(x) if preprocess is not None else x.astype(jnp.float32)
         x = x.reshape((B, K) + x.shape[1:])
-        return _per_tuple_core(apply_fn, variables, x, weights, tangent_t, metrics)
+        if constrain is not None:
+            x = constrain(x)
+        return _per_tuple_core(apply_fn, variables, x, weights, tangent_t, metrics, constrain)
 
     shapes = jax.eval_shape(batch_values, tuples[0])
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[:1], jnp.float32), shapes)
@@ -528,6 +542,13 @@ class LinearityEvaluator:
       metrics: subset of :data:`METRICS`.
       preprocess: optional jittable ``(N, ...) uint8 -> float`` normalization,
         applied to the gathered originals before mixing.
+      mesh: optional ``jax.sharding.Mesh`` (e.g. the training mesh, which may
+        span several processes).  Then the constant inputs are replicated on
+        it, every tuple batch and every forward batch is sharded along the
+        batch dimension over all its axes, and the result is replicated, so
+        each device computes ``1 / mesh.size`` of every forward.  The values
+        do not depend on the mesh (up to float reassociation).  Without a
+        mesh, everything runs where jit puts it (one device).
     """
 
     def __init__(
@@ -543,6 +564,7 @@ class LinearityEvaluator:
         num_dirichlet: int = 8,
         metrics: Sequence[str] = METRICS,
         preprocess: Callable | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -566,7 +588,27 @@ class LinearityEvaluator:
         self._mask_dev = jnp.asarray(mask.reshape(nb, self.batch_size))
         self._weights_dev = jnp.asarray(self.weights)
         self._tangent_dev = None if self.num_points == 2 else jnp.asarray(self.tangent_t)
-        self._run = jax.jit(functools.partial(_evaluate, apply_fn, preprocess, self.metrics))
+        constrain, jit_kwargs = None, {}
+        if mesh is not None:
+            rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+            constrain = functools.partial(jax.lax.with_sharding_constraint, shardings=batch)
+            jit_kwargs = {"out_shardings": rep}
+
+            def place(a):  # host values, identical on every process -> replicated
+                if a is None or (isinstance(a, jax.Array) and a.sharding.device_set == rep.device_set):
+                    return a
+                return jax.make_array_from_process_local_data(rep, np.asarray(a))
+
+            self.images = place(images)
+            self._tuples_dev = place(padded.reshape(nb, self.batch_size, self.num_points))
+            self._mask_dev = place(mask.reshape(nb, self.batch_size))
+            self._weights_dev = place(self.weights)
+            self._tangent_dev = None if self.num_points == 2 else place(self.tangent_t)
+        self._run = jax.jit(
+            functools.partial(_evaluate, apply_fn, preprocess, self.metrics, constrain=constrain),
+            **jit_kwargs,
+        )
 
     def __call__(self, variables) -> dict:
         """Returns nested python floats::

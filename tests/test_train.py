@@ -1,0 +1,125 @@
+"""The train step: compiled once, bf16 close to f32, checkpoints round-trip, run.py end to end."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixlin_jax import checkpoints, parallel, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(arg="smoke", **overrides):
+  spec = importlib.util.spec_from_file_location(
+      "default_cfg", os.path.join(ROOT, "configs", "default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def split():
+  return train.load_split(load_config())
+
+
+def one_device_mesh():
+  return parallel.make_mesh(jax.devices()[:1])
+
+
+@pytest.mark.parametrize("regime", ["erm", "supmix2", "mix3"])
+def test_train_step_compiles_once_and_learns(split, regime):
+  config = load_config(f"smoke,{regime}")
+  trainer = train.Trainer(config, split, one_device_mesh())
+  state = trainer.init_state()
+  sums = trainer.zero_sums()
+  first_loss = None
+  for epoch in range(2):
+    orders = trainer.epoch_orders(jnp.asarray(epoch, jnp.int32))
+    for _ in range(trainer.steps_per_epoch):
+      state, sums = trainer.train_step(state, sums, trainer.data, orders)
+    summary = train._summarize_sums(sums)  # pylint: disable=protected-access
+    first_loss = first_loss or summary["loss"]
+  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 2 * trainer.steps_per_epoch
+  assert summary["nonfinite_steps"] == 0
+  assert summary["loss"] < first_loss
+  if regime == "mix3":
+    assert summary["consistency"] > 0
+
+
+def test_bf16_and_f32_steps_agree(split):
+  states = {}
+  for dtype in ("float32", "bfloat16"):
+    config = load_config("smoke,mix2", model__compute_dtype=dtype)
+    trainer = train.Trainer(config, split, one_device_mesh())
+    state = trainer.init_state()
+    sums = trainer.zero_sums()
+    orders = trainer.epoch_orders(jnp.asarray(0, jnp.int32))
+    state, sums = trainer.train_step(state, sums, trainer.data, orders)
+    states[dtype] = (state, train._summarize_sums(sums))  # pylint: disable=protected-access
+  (s32, m32), (s16, m16) = states["float32"], states["bfloat16"]
+  assert m16["loss"] == pytest.approx(m32["loss"], rel=0.02)
+  for a, b in zip(jax.tree.leaves(s32.params), jax.tree.leaves(s16.params)):
+    assert a.dtype == b.dtype == jnp.float32  # params stay f32 under bf16 compute
+    np.testing.assert_allclose(a, b, atol=2e-3, rtol=2e-2)
+
+
+def test_checkpoint_round_trip_restores_identical_state(split, tmp_path):
+  config = load_config("smoke,mix3")
+  trainer = train.Trainer(config, split, one_device_mesh())
+  state = trainer.init_state()
+  sums = trainer.zero_sums()
+  orders = trainer.epoch_orders(jnp.asarray(0, jnp.int32))
+  for _ in range(3):
+    state, sums = trainer.train_step(state, sums, trainer.data, orders)
+  ckpts = checkpoints.Checkpoints(str(tmp_path / "ckpt"))
+  ckpts.save(1, state, {"epoch": 1, "note": "x"})
+  ckpts.close()
+  reader = checkpoints.Checkpoints(str(tmp_path / "ckpt"), read_only=True)
+  assert reader.epochs() == [1]
+  restored, metrics = reader.restore(1, trainer.init_state())
+  assert metrics == {"epoch": 1, "note": "x"}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The restored state trains on exactly like the original.
+  s1, _ = trainer.train_step(state, trainer.zero_sums(), trainer.data, orders)
+  s2, _ = trainer.train_step(restored, trainer.zero_sums(), trainer.data, orders)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_py_end_to_end_writes_metrics_and_checkpoints(tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "run.py"),
+         "--config=" + os.path.join(ROOT, "configs", "default.py") + ":smoke",
+         f"--workdir={workdir}", "--progress=false",
+         "--config.train.epochs=2"]
+  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, like a laptop
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Done: 2 epochs" in out.stdout
+  records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert [r["epoch"] for r in records] == [1, 2]
+  for r in records:
+    assert 0.0 <= r["test"]["student_accuracy"] <= 1.0
+    assert r["images_per_second"] > 0
+    layers = r["linearity"]["layers"]
+    assert layers == sorted(layers) and "04_logits" in layers
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
+  recorded = json.load(open(workdir / "config.json"))
+  assert recorded["config"]["train.epochs"] == 2
+  assert recorded["versions"]["jax"] == jax.__version__
+  # Rerunning a finished run resumes at the end and trains nothing more.
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert len(open(workdir / "metrics.jsonl").readlines()) == 2
