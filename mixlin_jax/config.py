@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.linearity.grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
   c.linearity.num_dirichlet = 8
   c.linearity.batch_size = 128
+  # Precision of the metric's forward passes ('auto' = as model.compute_dtype
+  # would resolve). float32 by default: bf16 rounding alone scores ~1e-4.
+  c.linearity.compute_dtype = "float32"
   # Separate from `seed` on purpose: runs with different training seeds or
   # regimes measure linearity on the very same tuples and weights.
   c.linearity.seed = 0
@@ -237,6 +240,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
   _one_of("model.compute_dtype", c.model.compute_dtype, COMPUTE_DTYPES)
   _one_of("mixup.mode", c.mixup.mode, MIXUP_MODES)
   _one_of("linearity.split", c.linearity.split, LINEARITY_SPLITS)
+  _one_of("linearity.compute_dtype", c.linearity.compute_dtype, COMPUTE_DTYPES)
 
   classes = DATASET_CLASSES[c.data.dataset]
   for field in ("data.num_labels", "train.epochs", "train.batch_size",

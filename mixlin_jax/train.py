@@ -152,8 +152,11 @@ class Trainer:
     self.compute_dtype = resolve_dtype(config.model.compute_dtype)
     self.model = models.get_model(config.model.name, self.num_classes,
                                   dtype=self.compute_dtype)
-    self.eval_model = models.get_model(config.model.name, self.num_classes,
-                                       dtype=jnp.float32)
+    # Linearity is measured in its own precision (float32 by default): bf16
+    # rounding alone puts a floor of ~1e-4 under the metrics.
+    self.metrics_model = models.get_model(
+        config.model.name, self.num_classes,
+        dtype=resolve_dtype(config.linearity.compute_dtype))
     self.tx = make_optimizer(config, self.steps_per_epoch)
     self.mode = config.mixup.mode
     self.images_per_step = config.train.batch_size + (
@@ -339,8 +342,8 @@ class Trainer:
     return {"accuracy": correct / n, "loss": nll / n}
 
   def apply_for_metrics(self) -> Callable:
-    """``(variables, x) -> (logits, activations)`` in inference mode, f32."""
-    model = self.eval_model
+    """``(variables, x) -> (logits, activations)``, inference mode, metric dtype."""
+    model = self.metrics_model
     return lambda variables, x: model.apply(variables, x, train=False)
 
   def preprocess(self, images_uint8):
@@ -369,7 +372,8 @@ def make_linearity_evaluator(config, trainer: Trainer):
       trainer.apply_for_metrics(), images, num_points=lin.num_points,
       num_tuples=lin.num_tuples, batch_size=lin.batch_size,
       key=jax.random.PRNGKey(lin.seed), grid=tuple(lin.grid),
-      num_dirichlet=lin.num_dirichlet, preprocess=trainer.preprocess)
+      num_dirichlet=lin.num_dirichlet, preprocess=trainer.preprocess,
+      mesh=trainer.mesh)
 
 
 def load_split(config) -> data_lib.SemiSupervisedSplit:

@@ -1,0 +1,58 @@
+r"""Benchmarks the real train step and the linearity metrics; prints a table, writes JSON.
+
+    python experiments/benchmark.py --tiny                       # seconds, CPU smoke
+    python experiments/benchmark.py --models=preact_resnet18,wrn28_2 \
+        --torch_reference=../shared/bench/torch_resnet18_mixup.py --out=bench.json
+
+Logic lives in ``mixlin_jax.benchmark``; see its docstring for what is timed.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_TINY = flags.DEFINE_bool("tiny", False, "Seconds-long CPU variant (small CNN, 8x8 images).")
+_MODELS = flags.DEFINE_list("models", None, "Models (default preact_resnet18).")
+_REGIMES = flags.DEFINE_list("regimes", None, "Regimes among erm,supmix2,mix2,mix3.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Labelled (and unlabelled) batch size.")
+_STEPS = flags.DEFINE_integer("steps", None, "Timed steps per regime.")
+_WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps after compilation.")
+_DTYPE = flags.DEFINE_enum("compute_dtype", None, ["auto", "float32", "bfloat16"],
+                           "Train-step compute dtype.")
+_POST_HOC = flags.DEFINE_integer("post_hoc_tuples", None, "Tuples of the post-hoc metric.")
+_TORCH = flags.DEFINE_string("torch_reference", None,
+                             "Path of the PyTorch reference script to run in the same call.")
+_OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON report.")
+
+
+def main(argv):
+  del argv
+  from mixlin_jax import benchmark  # pylint: disable=import-outside-toplevel
+  settings = benchmark.BenchSettings.tiny() if _TINY.value else benchmark.BenchSettings()
+  for flag, field in ((_MODELS, "models"), (_REGIMES, "regimes"), (_BATCH, "batch_size"),
+                      (_STEPS, "steps"), (_WARMUP, "warmup"), (_DTYPE, "compute_dtype"),
+                      (_POST_HOC, "post_hoc_tuples")):
+    if flag.value is not None:
+      setattr(settings, field, flag.value)
+  for regime in settings.regimes:
+    if regime not in benchmark.REGIMES:
+      raise app.UsageError(f"--regimes: {regime!r} is not one of {', '.join(benchmark.REGIMES)}")
+  for model in settings.models:
+    if model not in benchmark.BENCH_MODELS:
+      raise app.UsageError(f"--models: {model!r} is not one of {', '.join(benchmark.BENCH_MODELS)}")
+  report = benchmark.run(settings, torch_reference=_TORCH.value,
+                         log=lambda line: print(line, flush=True))
+  print()
+  print(benchmark.format_table(report))
+  with open(_OUT.value, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"\nWrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,270 @@
+"""Throughput of the *real* train step and of the linearity metrics.
+
+What is timed is exactly what ``experiments/run.py`` runs: ``Trainer``'s
+jitted, state-donating step (on-device gather, crop/flip, K-point mixing,
+EMA teacher forward for the consistency loss, optimizer and EMA update), and
+the ``LinearityEvaluator`` used every epoch and by post-hoc analysis. Inputs
+are synthetic uint8 images of CIFAR shape (the speed does not depend on the
+pixel values). Compilation is timed separately from the steady state, which
+is measured over ``steps`` steps after ``warmup`` steps with one
+``block_until_ready`` at each end.
+
+Baselines, always measured in the same process:
+
+* the naive linearity loop (``linearity.naive_per_tuple_metrics``: a Python
+  loop over weights and layers with host transfers), on a subset of tuples
+  and reported per tuple;
+* optionally the PyTorch reference script (``shared/bench``), run as a
+  subprocess on the same device, and the ratio of images/s to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixlin_jax import config as config_lib
+from mixlin_jax import data as data_lib
+from mixlin_jax import linearity
+from mixlin_jax import parallel
+from mixlin_jax import train
+
+REGIMES = ("erm", "supmix2", "mix2", "mix3")
+BENCH_MODELS = ("preact_resnet18", "wrn28_2", "cnn")
+# The reference script's interior grid (k+1)/9, k=0..7: 8 weights.
+POST_HOC_GRID = tuple((k + 1) / 9 for k in range(8))
+
+
+@dataclasses.dataclass
+class BenchSettings:
+  """What to measure; ``tiny()`` gives a seconds-long CPU variant."""
+  models: Sequence[str] = ("preact_resnet18",)
+  regimes: Sequence[str] = REGIMES
+  batch_size: int = 512
+  compute_dtype: str = "auto"
+  steps: int = 100
+  warmup: int = 10
+  num_train: int = 50_000  # synthetic training images (CIFAR size)
+  num_test: int = 10_000
+  image_shape: tuple = (32, 32, 3)
+  num_classes: int = 100
+  epoch_tuples: int = 512  # per-epoch linearity subset (config default)
+  post_hoc_tuples: int = 10_000
+  linearity_batch: int = 1000
+  naive_tuples: int = 64  # tuples timed with the naive loop
+  linearity_dtypes: Sequence[str] = ("float32", "bfloat16")
+
+  @classmethod
+  def tiny(cls) -> "BenchSettings":
+    return cls(models=("cnn",), regimes=("erm", "mix2"), batch_size=16,
+               steps=3, warmup=1, num_train=256, num_test=64,
+               image_shape=(8, 8, 1), num_classes=10, epoch_tuples=16,
+               post_hoc_tuples=32, linearity_batch=16, naive_tuples=4,
+               linearity_dtypes=("float32",))
+
+
+def synthetic_split(s: BenchSettings, seed: int = 0,
+                    num_labels: int = 4000) -> data_lib.SemiSupervisedSplit:
+  rng = np.random.default_rng(seed)
+  num_labels = min(num_labels, s.num_train // 2)
+  x = rng.integers(0, 256, (s.num_train,) + tuple(s.image_shape), np.uint8)
+  xt = rng.integers(0, 256, (s.num_test,) + tuple(s.image_shape), np.uint8)
+  channels = s.image_shape[-1]
+  return data_lib.SemiSupervisedSplit(
+      x_labelled=x[:num_labels],
+      y_labelled=rng.integers(0, s.num_classes, num_labels).astype(np.int32),
+      x_unlabelled=x[num_labels:], x_test=xt,
+      y_test=rng.integers(0, s.num_classes, s.num_test).astype(np.int32),
+      num_classes=s.num_classes,
+      mean=np.full((channels,), 0.5, np.float32),
+      std=np.full((channels,), 0.25, np.float32))
+
+
+def bench_config(model: str, regime: str, s: BenchSettings):
+  c = config_lib.dataset_config("cifar100", regime)
+  c.model.name = model
+  c.model.compute_dtype = s.compute_dtype
+  c.train.batch_size = s.batch_size
+  c.train.unlabelled_batch_size = s.batch_size
+  c.train.epochs = 1
+  c.train.warmup_epochs = 0.0
+  c.linearity.grid = POST_HOC_GRID
+  c.linearity.num_tuples = s.epoch_tuples
+  c.linearity.batch_size = min(s.linearity_batch, s.epoch_tuples)
+  return c
+
+
+def peak_memory_bytes() -> int | None:
+  """Peak device memory of device 0 (None where the backend keeps no stats)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+  """Seconds per call of ``fn`` (which must block)."""
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
+def time_train_step(trainer: train.Trainer, steps: int, warmup: int) -> dict:
+  """Compile time and steady-state speed of ``trainer.train_step``."""
+  state = trainer.init_state()
+  sums = trainer.zero_sums()
+  orders = trainer.epoch_orders(jnp.asarray(0, jnp.int32))
+  jax.block_until_ready((state, orders))
+  start = time.perf_counter()
+  state, sums = trainer.train_step(state, sums, trainer.data, orders)
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - start
+  for _ in range(max(warmup - 1, 0)):
+    state, sums = trainer.train_step(state, sums, trainer.data, orders)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, sums = trainer.train_step(state, sums, trainer.data, orders)
+  jax.block_until_ready((state, sums))
+  seconds = time.perf_counter() - start
+  loss = float(sums["loss"]) / max(int(sums["count"]), 1)
+  return {
+      "compile_s": compile_s,
+      "step_ms": 1e3 * seconds / steps,
+      "images_per_step": trainer.images_per_step,
+      "images_per_s": steps * trainer.images_per_step / seconds,
+      "mean_loss": loss,
+      "compiles": trainer.train_step._cache_size(),  # pylint: disable=protected-access
+  }, state
+
+
+def time_linearity(trainer: train.Trainer, variables, num_tuples: int,
+                   batch_size: int, naive_tuples: int, dtype: str) -> dict:
+  """Vectorized evaluator against the naive loop on the same tuples."""
+  from mixlin_jax import models  # pylint: disable=import-outside-toplevel
+  model = models.get_model(trainer.config.model.name, trainer.num_classes,
+                           dtype=train.resolve_dtype(dtype))
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  evaluator = linearity.LinearityEvaluator(
+      apply_fn, trainer.data.x_test, num_points=2, num_tuples=num_tuples,
+      batch_size=min(batch_size, num_tuples), key=jax.random.PRNGKey(0),
+      grid=POST_HOC_GRID, preprocess=trainer.preprocess)
+  start = time.perf_counter()
+  result = evaluator(variables)
+  compile_s = time.perf_counter() - start
+  seconds = _time(lambda: evaluator(variables), 3)
+
+  tuples = evaluator.tuples[:naive_tuples]
+  x = trainer.preprocess(jnp.asarray(np.asarray(trainer.data.x_test)[tuples]))
+  linearity.naive_per_tuple_metrics(apply_fn, variables, x,
+                                    evaluator.weights)  # warm the op caches
+  naive_s = _time(lambda: linearity.naive_per_tuple_metrics(
+      apply_fn, variables, x, evaluator.weights), 1)
+  naive_per_tuple = naive_s / len(tuples)
+  return {
+      "dtype": dtype, "num_tuples": num_tuples,
+      "num_weights": len(evaluator.weights), "num_layers": len(result["layers"]),
+      "compile_s": compile_s, "seconds": seconds,
+      "naive_tuples_timed": len(tuples),
+      "naive_seconds_extrapolated": naive_per_tuple * num_tuples,
+      "speedup_vs_naive": naive_per_tuple * num_tuples / seconds,
+  }
+
+
+def run_torch_reference(script: str, batch_size: int, steps: int,
+                        warmup: int, tiny: bool) -> dict:
+  """Runs the PyTorch reference script and returns its JSON line."""
+  cmd = [sys.executable, script, "--batch-size", str(batch_size), "--steps",
+         str(steps), "--warmup", str(warmup)]
+  if tiny:
+    cmd += ["--tiny", "--compile", "none"]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(s: BenchSettings, *, torch_reference: str | None = None,
+        log: Callable[[str], None] = print) -> dict:
+  """Measures everything in ``s``; returns one JSON-able report."""
+  mesh = parallel.make_mesh()
+  split = synthetic_split(s)
+  report: dict[str, Any] = {
+      "device": jax.devices()[0].device_kind,
+      "platform": jax.default_backend(),
+      "num_devices": mesh.size,
+      "versions": {"jax": jax.__version__},
+      "settings": dataclasses.asdict(s),
+      "train": [], "linearity": [],
+  }
+  for model in s.models:
+    for regime in s.regimes:
+      config = bench_config(model, regime, s)
+      trainer = train.Trainer(config, split, mesh)
+      row, state = time_train_step(trainer, s.steps, s.warmup)
+      row.update(model=model, regime=regime, batch_size=s.batch_size,
+                 compute_dtype=str(trainer.compute_dtype),
+                 peak_memory_bytes=peak_memory_bytes())
+      report["train"].append(row)
+      log(f"train  {model:16s} {regime:8s} {row['images_per_s']:10.0f} img/s "
+          f"({row['step_ms']:.2f} ms/step, compile {row['compile_s']:.1f} s)")
+    # Linearity on the last trained state of this model.
+    variables = state.student_variables()
+    # Share of an epoch: against the *fastest* regime's epoch (conservative).
+    spe = s.num_train // s.batch_size
+    step_s = min(r["step_ms"] for r in report["train"]
+                 if r["model"] == model) / 1e3
+    for dtype in s.linearity_dtypes:
+      for kind, tuples in (("per_epoch", s.epoch_tuples),
+                           ("post_hoc", s.post_hoc_tuples)):
+        row = time_linearity(trainer, variables, tuples, s.linearity_batch,
+                             s.naive_tuples, dtype)
+        row.update(model=model, kind=kind)
+        if kind == "per_epoch":
+          row["fraction_of_epoch"] = row["seconds"] / (spe * step_s)
+        report["linearity"].append(row)
+        log(f"linear {model:16s} {kind:9s} {dtype:8s} {row['seconds']*1e3:9.1f} ms "
+            f"for {tuples} tuples x {row['num_weights']} weights x "
+            f"{row['num_layers']} layers ({row['speedup_vs_naive']:.1f}x the naive loop)")
+  if torch_reference:
+    ref = run_torch_reference(torch_reference, s.batch_size, s.steps,
+                              s.warmup, tiny=s.image_shape != (32, 32, 3))
+    report["torch_reference"] = ref
+    for row in report["train"]:
+      row["ratio_vs_torch"] = row["images_per_s"] / ref["train_img_per_s"]
+    log(f"torch reference: {ref['train_img_per_s']:.0f} img/s ({ref['framework']})")
+  return report
+
+
+def format_table(report: dict) -> str:
+  """A Markdown table of the report (what the README shows)."""
+  lines = [f"Device: {report['device']} x{report['num_devices']} "
+           f"({report['platform']}), jax {report['versions']['jax']}", "",
+           "| model | regime | batch | dtype | images/s | ms/step | compile s | peak MiB | vs torch |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in report["train"]:
+    mem = r["peak_memory_bytes"]
+    lines.append(
+        f"| {r['model']} | {r['regime']} | {r['batch_size']} | {r['compute_dtype']} | "
+        f"{r['images_per_s']:.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | "
+        f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
+        f"{r.get('ratio_vs_torch', float('nan')):.2f} |")
+  lines += ["", "| model | linearity | dtype | tuples x weights x layers | seconds | naive loop (s, extrapolated) | speedup | share of epoch |",
+            "|---|---|---|---|---|---|---|---|"]
+  for r in report["linearity"]:
+    share = r.get("fraction_of_epoch")
+    lines.append(
+        f"| {r['model']} | {r['kind']} | {r['dtype']} | {r['num_tuples']} x {r['num_weights']} x {r['num_layers']} | "
+        f"{r['seconds']:.3f} | {r['naive_seconds_extrapolated']:.2f} | "
+        f"{r['speedup_vs_naive']:.1f}x | {'-' if share is None else f'{100 * share:.1f}%'} |")
+  if "torch_reference" in report:
+    ref = report["torch_reference"]
+    lines += ["", f"PyTorch reference ({ref['framework']}, compile={ref['compile']}, "
+              f"batch {ref['batch_size']}): {ref['train_img_per_s']:.0f} images/s."]
+  return "\n".join(lines)
