@@ -30,6 +30,11 @@ def dirichlet_weights(key: jax.Array, batch_size: int, num_points: int,
   """
   if num_points == 1:
     return jnp.ones((batch_size, 1), jnp.float32)
+  if alpha == 1.0:
+    # Dirichlet(1, ..., 1) is exactly normalised Exp(1) draws; this avoids
+    # the Gamma rejection sampler, which costs seconds of compile on CPU.
+    e = jax.random.exponential(key, (batch_size, num_points), jnp.float32)
+    return e / jnp.sum(e, axis=1, keepdims=True)
   concentration = jnp.full((num_points,), alpha, jnp.float32)
   return jax.random.dirichlet(key, concentration, shape=(batch_size,))
 

@@ -7,9 +7,9 @@ import pytest
 from mixlin_jax import losses, mixup
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5])
-def test_weights_lie_on_the_simplex(k):
-  w = mixup.dirichlet_weights(jax.random.PRNGKey(0), 1000, k, 0.5)
+@pytest.mark.parametrize("k,alpha", [(1, 0.5), (2, 0.5), (3, 1.0), (5, 2.0)])
+def test_weights_lie_on_the_simplex(k, alpha):
+  w = mixup.dirichlet_weights(jax.random.PRNGKey(0), 1000, k, alpha)
   assert w.shape == (1000, k)
   assert np.all(np.asarray(w) >= 0)
   np.testing.assert_allclose(np.asarray(w).sum(1), 1.0, atol=1e-5)
@@ -24,6 +24,14 @@ def test_two_points_is_classic_beta_mixup():
   assert abs(w[:, 0].var() - lam.var()) < 0.01
   expected_var = alpha * alpha / ((2 * alpha) ** 2 * (2 * alpha + 1))
   assert abs(w[:, 0].var() - expected_var) < 0.01
+
+
+def test_uniform_dirichlet_shortcut_has_the_right_moments():
+  # alpha=1 takes the exponential shortcut: Dirichlet(1,1,1) has mean 1/3 and
+  # variance (1/3)(2/3)/4 per coordinate.
+  w = np.asarray(mixup.dirichlet_weights(jax.random.PRNGKey(11), 40000, 3, 1.0))
+  np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.01)
+  np.testing.assert_allclose(w.var(0), (1 / 3) * (2 / 3) / 4, atol=0.005)
 
 
 def test_tuples_are_permutations_with_identity_first():
