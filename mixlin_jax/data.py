@@ -580,7 +580,7 @@ def random_crop_flip(
 
   Each image is zero-padded by ``padding`` pixels on every side (zero, i.e.
   black, padding as in the usual CIFAR recipe and torchvision's
-  ``RandomCrop(padding=4)``; it is also what the mixup paper's setup used),
+  ``RandomCrop(padding=4)``),
   then an H x W window is cut at an independent uniformly random offset in
   ``[0, 2 * padding]^2``, and, if ``flip``, mirrored left-right with
   probability 1/2. ``padding=0`` skips the crop. Pass ``flip=False`` for
