@@ -242,6 +242,10 @@ def run(s: BenchSettings, *, torch_reference: str | None = None,
   return report
 
 
+def _fmt(value, spec: str) -> str:
+  return "-" if value is None else format(value, spec)
+
+
 def format_table(report: dict) -> str:
   """A Markdown table of the report (what the README shows)."""
   lines = [f"Device: {report['device']} x{report['num_devices']} "
@@ -254,7 +258,7 @@ def format_table(report: dict) -> str:
         f"| {r['model']} | {r['regime']} | {r['batch_size']} | {r['compute_dtype']} | "
         f"{r['images_per_s']:.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | "
         f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
-        f"{r.get('ratio_vs_torch', float('nan')):.2f} |")
+        f"{_fmt(r.get('ratio_vs_torch'), '.2f')} |")
   lines += ["", "| model | linearity | dtype | tuples x weights x layers | seconds | naive loop (s, extrapolated) | speedup | share of epoch |",
             "|---|---|---|---|---|---|---|---|"]
   for r in report["linearity"]:
