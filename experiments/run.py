@@ -59,5 +59,28 @@ def main(argv):
           f"{last['test']['teacher_accuracy']:.4f}).")
 
 
+def _parse_flags(argv):
+  """absl's parser, but a misspelt --config.* field is one line and status 2."""
+  from mixlin_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # A config file's own ConfigError (e.g. an unknown ':variant') arrives
+    # wrapped by absl; show just its message.
+    message = str(e)
+    marker = f"{config_lib.ConfigError.__name__}: "
+    if marker in message:
+      message = message.rsplit(marker, 1)[1]
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # raised by ml_collections
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    detail = " ".join(str(e.args[0] if e.args else e).split())
+    print(f"error: a --config override names a field that does not exist: "
+          f"{detail}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

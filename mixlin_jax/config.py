@@ -45,7 +45,15 @@ RESULT_NEUTRAL_FIELDS = frozenset({
 class ConfigError(ValueError):
   """A config field holds a value that is not allowed."""
 
-  def __init__(self, field: str, value: Any, allowed: str):
+  _NO_VALUE = object()
+
+  def __init__(self, field: str, value: Any = _NO_VALUE, allowed: str = ""):
+    if value is ConfigError._NO_VALUE:
+      # Rebuilt from its message alone (ml_collections re-raises the errors
+      # of a config file that way): keep the message as it is.
+      self.field, self.value, self.allowed = None, None, None
+      super().__init__(field)
+      return
     self.field, self.value, self.allowed = field, value, allowed
     name = field if field.startswith("--") else f"config.{field}"
     super().__init__(f"{name} = {value!r} is not allowed: {allowed}")
@@ -123,7 +131,7 @@ def apply_regime(c: ml_collections.ConfigDict, regime: str) -> None:
   """Sets the mixup block from a regime name: erm, supmixK or mixK."""
   m = _REGIME.match(regime)
   if not m:
-    raise ConfigError("<arg>", regime,
+    raise ConfigError("--config variant", regime,
                       "one of smoke, erm, supmixK, mixK (K an integer >= 1)")
   if regime == "erm":
     c.mixup.mode = "none"
