@@ -37,6 +37,7 @@ class PreActResNet(nn.Module):
     widths: Sequence[int] = (64, 128, 256, 512)
     strides: Sequence[int] = (1, 2, 2, 2)
     stem_width: int = 64
+    stage_name: str = "block"  # activation/parameter names: blockS.B or groupS.B
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -55,8 +56,8 @@ class PreActResNet(nn.Module):
                 zip(self.stage_sizes, self.widths, self.strides), start=1):
             for b in range(1, n_blocks + 1):
                 h = PreActBlock(width, stride if b == 1 else 1, dtype=self.dtype,
-                                name=f"block{s}_{b}")(h, train)
-                record(f"block{s}.{b}", h)
+                                name=f"{self.stage_name}{s}_{b}")(h, train)
+                record(f"{self.stage_name}{s}.{b}", h)
         h = nn.relu(batch_norm(train, dtype=self.dtype, name="final_bn")(h))
         h = global_avg_pool(h)
         record("pooled", h)
