@@ -42,6 +42,15 @@ def load_config(path: str = DEFAULT_CONFIG, arg: str | None = None):
   return module.get_config(arg)
 
 
+def default_config(arg: str | None = "smoke", **overrides):
+  """``configs/default.py:arg`` with ``section__field=value`` overrides."""
+  c = load_config(DEFAULT_CONFIG, arg)
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value  # existing fields only: the config stays locked
+  return c
+
+
 def tiny_config(**overrides):
   """The tiny default config; ``overrides`` use '__' for '.' (train__epochs=2)."""
   c = load_config(DEFAULT_CONFIG, "smoke")

@@ -7,7 +7,6 @@ analysis restores onto a one-device mesh, so the cross-mesh restore path is
 exercised too. Tests that damage checkpoints work on a copy.
 """
 
-import importlib.util
 import json
 import logging
 import math
@@ -21,18 +20,16 @@ from mixlin_jax import analysis
 from mixlin_jax import workdir as workdir_lib
 from mixlin_jax.linearity import METRICS
 
+import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 2
 NUM_TUPLES = 16
 
 
 def _load_config():
-  spec = importlib.util.spec_from_file_location(
-      "default_cfg", os.path.join(REPO, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   # ERM: the cheapest train step to compile; the analysis does not care.
-  c = module.get_config("smoke,erm")
+  c = helpers.load_config(helpers.DEFAULT_CONFIG, "smoke,erm")
   c.unlock()
   c.train.epochs = EPOCHS
   c.data.num_train = 320  # 20 steps per epoch at batch 16

@@ -1,6 +1,5 @@
 """Configs load, lock against typos, and every validation rule names its field."""
 import glob
-import importlib.util
 import os
 import stat
 
@@ -8,15 +7,10 @@ import pytest
 
 from mixlin_jax import config as config_lib
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-
-
-def load(path, arg=None):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def test_every_required_config_exists():
@@ -30,7 +24,7 @@ def test_every_required_config_exists():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_configs_are_valid_and_documented(path, arg):
-  c = load(path, arg)
+  c = helpers.load_config(path, arg)
   config_lib.validate(c, device_count=1)
   with open(path) as f:
     assert "python experiments/run.py --config=configs/" in f.read()
@@ -38,7 +32,7 @@ def test_configs_are_valid_and_documented(path, arg):
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_regime_names_match_mixup_block(path):
-  c = load(path)
+  c = helpers.load_config(path)
   name = os.path.basename(path)[:-3].split("_")[-1]
   expected = {"erm": ("none", None), "supmix2": ("supervised", 2),
               "mix2": ("unsupervised", 2), "mix3": ("unsupervised", 3),
@@ -49,22 +43,22 @@ def test_regime_names_match_mixup_block(path):
 
 
 def test_config_is_locked_against_typos():
-  c = load(os.path.join(ROOT, "configs", "default.py"))
+  c = helpers.load_config(os.path.join(ROOT, "configs", "default.py"))
   with pytest.raises(AttributeError):
     c.train.epoch = 3  # misspelt: the field is `epochs`
   c.train.epochs = 3  # existing fields can be overridden
 
 
 def test_variants_compose():
-  c = load(os.path.join(ROOT, "configs", "cifar10_mix3.py"), "smoke,supmix4")
+  c = helpers.load_config(os.path.join(ROOT, "configs", "cifar10_mix3.py"), "smoke,supmix4")
   assert c.model.name == "cnn" and c.train.epochs == 2
   assert (c.mixup.mode, c.mixup.num_points) == ("supervised", 4)
   with pytest.raises(config_lib.ConfigError, match="smoke, erm, supmixK, mixK"):
-    load(os.path.join(ROOT, "configs", "default.py"), "bogus")
+    helpers.load_config(os.path.join(ROOT, "configs", "default.py"), "bogus")
 
 
 def _default():
-  c = load(os.path.join(ROOT, "configs", "default.py"))
+  c = helpers.load_config(os.path.join(ROOT, "configs", "default.py"))
   c.unlock()
   return c
 

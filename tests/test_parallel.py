@@ -5,7 +5,6 @@ Runs on one CPU machine. The 8 devices are fake (``conftest.py`` sets
 two real JAX processes that talk over loopback (coordinator on 127.0.0.1,
 CPU collectives over gloo, JAX's default on CPU) with 2 fake devices each.
 """
-import importlib.util
 import json
 import os
 import re
@@ -23,22 +22,10 @@ from mixlin_jax import checkpoints as ckpt_lib
 from mixlin_jax import data as data_lib
 from mixlin_jax import linearity, parallel, train
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=2e-4, atol=2e-5)  # float reassociation of all-reduces
-
-
-def load_config(arg="smoke", **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "default_cfg", os.path.join(ROOT, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg)
-  c.unlock()
-  for key, value in overrides.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  c.lock()
-  return c
 
 
 def assert_trees_close(a, b, **tol):
@@ -74,7 +61,7 @@ def _run_steps(config, split, devices, num_steps):
 
 @pytest.mark.parametrize("regime", ["erm", "supmix2", "mix3"])
 def test_one_and_eight_devices_give_the_same_step(tiny_split, regime):
-  config = load_config(f"smoke,{regime}", train__ema_decay=0.5)
+  config = helpers.default_config(f"smoke,{regime}", train__ema_decay=0.5)
   assert len(jax.devices()) >= 8
   _, state1, sums1 = _run_steps(config, tiny_split, jax.devices()[:1], 2)
   trainer8, state8, sums8 = _run_steps(config, tiny_split, jax.devices()[:8], 2)
@@ -164,11 +151,12 @@ _WORKER = r"""
 import json, os, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
-sys.path.insert(0, os.environ["MIXLIN_TEST_ROOT"])
+sys.path[:0] = [os.environ["MIXLIN_TEST_ROOT"],
+                os.path.join(os.environ["MIXLIN_TEST_ROOT"], "tests")]
 from mixlin_jax import parallel
 parallel.maybe_initialize_distributed()  # auto: JAX_COORDINATOR_ADDRESS is set
 from mixlin_jax import train
-from tests.test_parallel import two_process_config
+from test_parallel import two_process_config
 
 stop_after, workdir = int(sys.argv[1]), sys.argv[2]
 class Stop(Exception):
@@ -192,7 +180,7 @@ print("RESULT " + json.dumps({
 
 def two_process_config():
   """Digits, 3-point unsupervised mixup, linearity on; 2 epochs of 12 steps."""
-  return load_config("smoke", data__num_train=200, eval__batch_size=120)
+  return helpers.default_config("smoke", data__num_train=200, eval__batch_size=120)
 
 
 def _free_port() -> int:

@@ -1,5 +1,4 @@
 """The train step: compiled once, bf16 close to f32, checkpoints round-trip, run.py end to end."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,24 +11,14 @@ import pytest
 
 from mixlin_jax import checkpoints, parallel, train
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(arg="smoke", **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "default_cfg", os.path.join(ROOT, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg)
-  for key, value in overrides.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  return c
 
 
 @pytest.fixture(scope="module")
 def split():
-  return train.load_split(load_config())
+  return train.load_split(helpers.default_config())
 
 
 def one_device_mesh():
@@ -38,7 +27,7 @@ def one_device_mesh():
 
 @pytest.mark.parametrize("regime", ["erm", "supmix2", "mix3"])
 def test_train_step_compiles_once_and_learns(split, regime):
-  config = load_config(f"smoke,{regime}")
+  config = helpers.default_config(f"smoke,{regime}")
   trainer = train.Trainer(config, split, one_device_mesh())
   state = trainer.init_state()
   sums = trainer.zero_sums()
@@ -60,7 +49,7 @@ def test_train_step_compiles_once_and_learns(split, regime):
 def test_bf16_and_f32_steps_agree(split):
   states = {}
   for dtype in ("float32", "bfloat16"):
-    config = load_config("smoke,mix2", model__compute_dtype=dtype)
+    config = helpers.default_config("smoke,mix2", model__compute_dtype=dtype)
     trainer = train.Trainer(config, split, one_device_mesh())
     state = trainer.init_state()
     sums = trainer.zero_sums()
@@ -75,7 +64,7 @@ def test_bf16_and_f32_steps_agree(split):
 
 
 def test_checkpoint_round_trip_restores_identical_state(split, tmp_path):
-  config = load_config("smoke,mix3")
+  config = helpers.default_config("smoke,mix3")
   trainer = train.Trainer(config, split, one_device_mesh())
   state = trainer.init_state()
   sums = trainer.zero_sums()
