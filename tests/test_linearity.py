@@ -21,60 +21,67 @@ D_IN = int(np.prod(IMG))
 
 
 def _affine_vars(seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        "A": jnp.asarray(rng.normal(size=(D_IN, 16)) / 6, jnp.float32),
-        "b": jnp.asarray(rng.normal(size=(16,)), jnp.float32),
-        "B": jnp.asarray(rng.normal(size=(16, 12)) / 4, jnp.float32),
-        "c": jnp.asarray(rng.normal(size=(12,)), jnp.float32),
-        "C": jnp.asarray(rng.normal(size=(12, 5)) / 3, jnp.float32),
-        "d": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
-    }
+  rng = np.random.default_rng(seed)
+  return {
+      "A": jnp.asarray(rng.normal(size=(D_IN, 16)) / 6, jnp.float32),
+      "b": jnp.asarray(rng.normal(size=(16,)), jnp.float32),
+      "B": jnp.asarray(rng.normal(size=(16, 12)) / 4, jnp.float32),
+      "c": jnp.asarray(rng.normal(size=(12,)), jnp.float32),
+      "C": jnp.asarray(rng.normal(size=(12, 5)) / 3, jnp.float32),
+      "d": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+  }
 
 
 def affine_apply(v, x):
-    z = x.reshape(x.shape[0], -1)
-    h1 = z @ v["A"] + v["b"]
-    h2 = h1 @ v["B"] + v["c"]
-    logits = h2 @ v["C"] + v["d"]
-    return logits, {"00_h1": h1, "01_h2": h2, "02_logits": logits}
+  z = x.reshape(x.shape[0], -1)
+  h1 = z @ v["A"] + v["b"]
+  h2 = h1 @ v["B"] + v["c"]
+  logits = h2 @ v["C"] + v["d"]
+  return logits, {"00_h1": h1, "01_h2": h2, "02_logits": logits}
 
 
 def square_apply(v, x):
-    return x.sum(), {"00_sq": x ** 2}
+  return x.sum(), {"00_sq": x**2}
 
 
 def _mlp_vars(seed=1):
-    rng = np.random.default_rng(seed)
-    return {
-        "conv": jnp.asarray(rng.normal(size=(3, 3, 3, 4)) / 3, jnp.float32),
-        "A": jnp.asarray(rng.normal(size=(4 * 4 * 4, 10)) / 4, jnp.float32),
-        "B": jnp.asarray(rng.normal(size=(10, 5)) / 2, jnp.float32),
-        # Output affine map of layer 02_mlp: variables, not code, so the
-        # rescaled model of test (d) reuses the same compiled computation.
-        "s": jnp.float32(1.0),
-        "o": jnp.float32(0.0),
-    }
+  rng = np.random.default_rng(seed)
+  return {
+      "conv": jnp.asarray(rng.normal(size=(3, 3, 3, 4)) / 3, jnp.float32),
+      "A": jnp.asarray(rng.normal(size=(4 * 4 * 4, 10)) / 4, jnp.float32),
+      "B": jnp.asarray(rng.normal(size=(10, 5)) / 2, jnp.float32),
+      # Output affine map of layer 02_mlp: variables, not code, so the
+      # rescaled model of test (d) reuses the same compiled computation.
+      "s": jnp.float32(1.0),
+      "o": jnp.float32(0.0),
+  }
 
 
 def nonlinear_apply(v, x):
-    """Tiny conv -> relu -> tanh MLP (float32); dict built unsorted."""
-    c = jax.lax.conv_general_dilated(
-        x, v["conv"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    c = jax.nn.relu(c)
-    h = jnp.tanh(c.reshape(c.shape[0], -1) @ v["A"])
-    logits = h @ v["B"]
-    acts = {"03_logits": logits, "01_conv": c, "02_mlp": v["s"] * h + v["o"], "00_stem": x}
-    return logits, acts
+  """Tiny conv -> relu -> tanh MLP (float32); dict built unsorted."""
+  c = jax.lax.conv_general_dilated(
+      x, v["conv"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  c = jax.nn.relu(c)
+  h = jnp.tanh(c.reshape(c.shape[0], -1) @ v["A"])
+  logits = h @ v["B"]
+  acts = {
+      "03_logits": logits,
+      "01_conv": c,
+      "02_mlp": v["s"] * h + v["o"],
+      "00_stem": x,
+  }
+  return logits, acts
 
 
 def _x_tuples(T, K, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=(T, K) + IMG), jnp.float32)
+  return jnp.asarray(
+      np.random.default_rng(seed).normal(size=(T, K) + IMG), jnp.float32
+  )
 
 
 def _np(tree):
-    return jax.tree.map(np.asarray, tree)
+  return jax.tree.map(np.asarray, tree)
 
 
 # ---------------------------------------------------------------------------
@@ -83,15 +90,15 @@ def _np(tree):
 
 @pytest.mark.parametrize("K", [2, 3])
 def test_affine_model_scores_zero(K):
-    x = _x_tuples(6, K)
-    w = L.mixing_weights(K)
-    out = _np(L.per_tuple_metrics(affine_apply, _affine_vars(), x, w))
-    assert set(out) == set(L.METRICS)
-    for metric in L.METRICS:
-        assert list(out[metric]) == ["00_h1", "01_h2", "02_logits"]
-        for layer, v in out[metric].items():
-            assert np.all(np.isfinite(v))
-            assert np.max(np.abs(v)) < 1e-8, (metric, layer, np.max(v))
+  x = _x_tuples(6, K)
+  w = L.mixing_weights(K)
+  out = _np(L.per_tuple_metrics(affine_apply, _affine_vars(), x, w))
+  assert set(out) == set(L.METRICS)
+  for metric in L.METRICS:
+    assert list(out[metric]) == ["00_h1", "01_h2", "02_logits"]
+    for layer, v in out[metric].items():
+      assert np.all(np.isfinite(v))
+      assert np.max(np.abs(v)) < 1e-8, (metric, layer, np.max(v))
 
 
 # ---------------------------------------------------------------------------
@@ -99,27 +106,29 @@ def test_affine_model_scores_zero(K):
 
 
 def test_square_closed_form():
-    x = _x_tuples(5, 2, seed=3)
-    w = L.mixing_weights(2)
-    out = _np(L.per_tuple_metrics(square_apply, {}, x, w))
-    a = np.asarray(x[:, 0], np.float64).reshape(5, -1)
-    b = np.asarray(x[:, 1], np.float64).reshape(5, -1)
-    w1, w2 = w[:, :1].astype(np.float64), w[:, 1:].astype(np.float64)  # (W, 1)
-    # r - m = -w1 w2 (a - b)^2
-    num = (w1 * w2) ** 2 * ((a - b) ** 4).sum(-1)
-    # sum_i w_i ||h_i - m||^2 = w1 w2 ||a^2 - b^2||^2
-    den = w1 * w2 * ((a ** 2 - b ** 2) ** 2).sum(-1)
-    m = w1[:, :, None] * a[None] ** 2 + w2[:, :, None] * b[None] ** 2  # (W, T, D)
-    np.testing.assert_allclose(out["interp_error"]["00_sq"], num / den, rtol=1e-4)
-    np.testing.assert_allclose(
-        out["relative_error"]["00_sq"], num / (m ** 2).sum(-1), rtol=1e-4
-    )
-    # Tangent: h(a + t d) - h(a) - t 2 a d = t^2 d^2, with d = b - a.
-    t = w2
-    d = b - a
-    tnum = t ** 4 * (d ** 4).sum(-1)
-    tden = ((2 * t[:, :, None] * a * d + t[:, :, None] ** 2 * d ** 2) ** 2).sum(-1)
-    np.testing.assert_allclose(out["tangent_residual"]["00_sq"], tnum / tden, rtol=1e-4)
+  x = _x_tuples(5, 2, seed=3)
+  w = L.mixing_weights(2)
+  out = _np(L.per_tuple_metrics(square_apply, {}, x, w))
+  a = np.asarray(x[:, 0], np.float64).reshape(5, -1)
+  b = np.asarray(x[:, 1], np.float64).reshape(5, -1)
+  w1, w2 = w[:, :1].astype(np.float64), w[:, 1:].astype(np.float64)  # (W, 1)
+  # r - m = -w1 w2 (a - b)^2
+  num = (w1 * w2) ** 2 * ((a - b) ** 4).sum(-1)
+  # sum_i w_i ||h_i - m||^2 = w1 w2 ||a^2 - b^2||^2
+  den = w1 * w2 * ((a**2 - b**2) ** 2).sum(-1)
+  m = w1[:, :, None] * a[None] ** 2 + w2[:, :, None] * b[None] ** 2  # (W, T, D)
+  np.testing.assert_allclose(out["interp_error"]["00_sq"], num / den, rtol=1e-4)
+  np.testing.assert_allclose(
+      out["relative_error"]["00_sq"], num / (m**2).sum(-1), rtol=1e-4
+  )
+  # Tangent: h(a + t d) - h(a) - t 2 a d = t^2 d^2, with d = b - a.
+  t = w2
+  d = b - a
+  tnum = t**4 * (d**4).sum(-1)
+  tden = ((2 * t[:, :, None] * a * d + t[:, :, None] ** 2 * d**2) ** 2).sum(-1)
+  np.testing.assert_allclose(
+      out["tangent_residual"]["00_sq"], tnum / tden, rtol=1e-4
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -128,35 +137,55 @@ def test_square_closed_form():
 
 @pytest.mark.parametrize("K", [2, 3])
 def test_vectorized_matches_naive(K):
-    x = _x_tuples(7, K, seed=K)
-    w = L.mixing_weights(K, key=jax.random.key(5))
-    fast = _np(L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w))
-    slow = L.naive_per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w)
-    n_t = len(L.DEFAULT_GRID) if K > 2 else w.shape[0]
-    for metric in L.METRICS:
-        assert list(fast[metric]) == ["00_stem", "01_conv", "02_mlp", "03_logits"]
-        for layer in fast[metric]:
-            f, s = fast[metric][layer], slow[metric][layer]
-            rows = n_t if metric == "tangent_residual" else w.shape[0]
-            assert f.shape == (rows, 7) and f.dtype == np.float32
-            np.testing.assert_allclose(f, s, rtol=2e-4, atol=1e-9, err_msg=f"{metric} {layer}")
+  x = _x_tuples(7, K, seed=K)
+  w = L.mixing_weights(K, key=jax.random.key(5))
+  fast = _np(L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w))
+  slow = L.naive_per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w)
+  n_t = len(L.DEFAULT_GRID) if K > 2 else w.shape[0]
+  for metric in L.METRICS:
+    assert list(fast[metric]) == ["00_stem", "01_conv", "02_mlp", "03_logits"]
+    for layer in fast[metric]:
+      f, s = fast[metric][layer], slow[metric][layer]
+      rows = n_t if metric == "tangent_residual" else w.shape[0]
+      assert f.shape == (rows, 7) and f.dtype == np.float32
+      np.testing.assert_allclose(
+          f, s, rtol=2e-4, atol=1e-9, err_msg=f"{metric} {layer}"
+      )
 
 
 def test_metric_subset_and_custom_tangent_t():
-    x = _x_tuples(4, 3)
-    w = L.mixing_weights(3)
-    tt = (0.25, 0.5)
-    fast = _np(L.per_tuple_metrics(
-        nonlinear_apply, _mlp_vars(), x, w, tangent_t=tt, metrics=("tangent_residual",)))
-    slow = L.naive_per_tuple_metrics(
-        nonlinear_apply, _mlp_vars(), x, w, tangent_t=tt, metrics=("tangent_residual",))
-    assert set(fast) == {"tangent_residual"}
-    for layer in fast["tangent_residual"]:
-        assert fast["tangent_residual"][layer].shape == (2, 4)
-        np.testing.assert_allclose(
-            fast["tangent_residual"][layer], slow["tangent_residual"][layer], rtol=2e-4, atol=1e-9)
-    with pytest.raises(ValueError):
-        L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w, metrics=("nope",))
+  x = _x_tuples(4, 3)
+  w = L.mixing_weights(3)
+  tt = (0.25, 0.5)
+  fast = _np(
+      L.per_tuple_metrics(
+          nonlinear_apply,
+          _mlp_vars(),
+          x,
+          w,
+          tangent_t=tt,
+          metrics=("tangent_residual",),
+      )
+  )
+  slow = L.naive_per_tuple_metrics(
+      nonlinear_apply,
+      _mlp_vars(),
+      x,
+      w,
+      tangent_t=tt,
+      metrics=("tangent_residual",),
+  )
+  assert set(fast) == {"tangent_residual"}
+  for layer in fast["tangent_residual"]:
+    assert fast["tangent_residual"][layer].shape == (2, 4)
+    np.testing.assert_allclose(
+        fast["tangent_residual"][layer],
+        slow["tangent_residual"][layer],
+        rtol=2e-4,
+        atol=1e-9,
+    )
+  with pytest.raises(ValueError):
+    L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w, metrics=("nope",))
 
 
 # ---------------------------------------------------------------------------
@@ -164,17 +193,20 @@ def test_metric_subset_and_custom_tangent_t():
 
 
 def test_interp_error_invariant_to_affine_rescaling_of_layer():
-    x = _x_tuples(7, 2, seed=7)  # same shapes as test (c): cached compile
-    w = L.mixing_weights(2)
-    base = _np(L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w))
-    v = dict(_mlp_vars(), s=jnp.float32(7.0), o=jnp.float32(3.0))  # h -> 7 h + 3
-    scaled = _np(L.per_tuple_metrics(nonlinear_apply, v, x, w))
-    assert base["interp_error"]["02_mlp"].mean() > 1e-3  # non-trivial model
-    for metric in ("interp_error", "tangent_residual"):
-        np.testing.assert_allclose(
-            scaled[metric]["02_mlp"], base[metric]["02_mlp"], rtol=1e-3)
-    # relative_error is deliberately not shift invariant.
-    assert not np.allclose(scaled["relative_error"]["02_mlp"], base["relative_error"]["02_mlp"])
+  x = _x_tuples(7, 2, seed=7)  # same shapes as test (c): cached compile
+  w = L.mixing_weights(2)
+  base = _np(L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w))
+  v = dict(_mlp_vars(), s=jnp.float32(7.0), o=jnp.float32(3.0))  # h -> 7 h + 3
+  scaled = _np(L.per_tuple_metrics(nonlinear_apply, v, x, w))
+  assert base["interp_error"]["02_mlp"].mean() > 1e-3  # non-trivial model
+  for metric in ("interp_error", "tangent_residual"):
+    np.testing.assert_allclose(
+        scaled[metric]["02_mlp"], base[metric]["02_mlp"], rtol=1e-3
+    )
+  # relative_error is deliberately not shift invariant.
+  assert not np.allclose(
+      scaled["relative_error"]["02_mlp"], base["relative_error"]["02_mlp"]
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -182,40 +214,44 @@ def test_interp_error_invariant_to_affine_rescaling_of_layer():
 
 
 def test_mixing_weights():
-    w2 = L.mixing_weights(2)
-    np.testing.assert_allclose(w2[:, 1], L.DEFAULT_GRID, rtol=1e-6)
-    np.testing.assert_allclose(w2.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(L.mixing_weights(2, grid=(0.5,)), [[0.5, 0.5]])
-    for K in (3, 5):
-        w = L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(3))
-        assert w.shape == (11, K)
-        assert np.all(w >= 0)
-        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
-        np.testing.assert_array_equal(w, L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(3)))
-        assert not np.array_equal(w, L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(4)))
-    # Default key is fixed.
-    np.testing.assert_array_equal(L.mixing_weights(3), L.mixing_weights(3))
-    assert L.mixing_weights(3).shape == (8, 3)
-    with pytest.raises(ValueError):
-        L.mixing_weights(1)
+  w2 = L.mixing_weights(2)
+  np.testing.assert_allclose(w2[:, 1], L.DEFAULT_GRID, rtol=1e-6)
+  np.testing.assert_allclose(w2.sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(L.mixing_weights(2, grid=(0.5,)), [[0.5, 0.5]])
+  for K in (3, 5):
+    w = L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(3))
+    assert w.shape == (11, K)
+    assert np.all(w >= 0)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(
+        w, L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(3))
+    )
+    assert not np.array_equal(
+        w, L.mixing_weights(K, num_dirichlet=11, key=jax.random.key(4))
+    )
+  # Default key is fixed.
+  np.testing.assert_array_equal(L.mixing_weights(3), L.mixing_weights(3))
+  assert L.mixing_weights(3).shape == (8, 3)
+  with pytest.raises(ValueError):
+    L.mixing_weights(1)
 
 
 @pytest.mark.parametrize("K,N", [(2, 10), (3, 50), (4, 4)])
 def test_draw_tuples(K, N):
-    t = L.draw_tuples(jax.random.key(0), N, 500, K)
-    assert t.shape == (500, K) and t.dtype == np.int32
-    assert t.min() >= 0 and t.max() < N
-    assert all(len(set(row)) == K for row in t.tolist())
-    np.testing.assert_array_equal(t, L.draw_tuples(jax.random.key(0), N, 500, K))
-    assert not np.array_equal(t, L.draw_tuples(jax.random.key(1), N, 500, K))
-    # Roughly uniform marginals (each index used ~ 500 K / N times).
-    counts = np.bincount(t.ravel(), minlength=N)
-    assert counts.min() > 0.5 * 500 * K / N
+  t = L.draw_tuples(jax.random.key(0), N, 500, K)
+  assert t.shape == (500, K) and t.dtype == np.int32
+  assert t.min() >= 0 and t.max() < N
+  assert all(len(set(row)) == K for row in t.tolist())
+  np.testing.assert_array_equal(t, L.draw_tuples(jax.random.key(0), N, 500, K))
+  assert not np.array_equal(t, L.draw_tuples(jax.random.key(1), N, 500, K))
+  # Roughly uniform marginals (each index used ~ 500 K / N times).
+  counts = np.bincount(t.ravel(), minlength=N)
+  assert counts.min() > 0.5 * 500 * K / N
 
 
 def test_draw_tuples_rejects_too_few_examples():
-    with pytest.raises(ValueError):
-        L.draw_tuples(jax.random.key(0), 2, 3, 3)
+  with pytest.raises(ValueError):
+    L.draw_tuples(jax.random.key(0), 2, 3, 3)
 
 
 # ---------------------------------------------------------------------------
@@ -223,85 +259,118 @@ def test_draw_tuples_rejects_too_few_examples():
 
 
 def _preprocess(u):
-    return u.astype(jnp.float32) / 255.0 - 0.5
+  return u.astype(jnp.float32) / 255.0 - 0.5
 
 
 @pytest.mark.parametrize("K", [2, 3])
 def test_evaluator_matches_numpy_statistics(K):
-    images = np.random.default_rng(0).integers(0, 256, size=(30,) + IMG, dtype=np.uint8)
-    ev = L.LinearityEvaluator(
-        nonlinear_apply, images, num_points=K, num_tuples=13, batch_size=5,
-        key=jax.random.key(11), num_dirichlet=4, preprocess=_preprocess,
-    )
-    variables = _mlp_vars()
-    res = ev(variables)
+  images = np.random.default_rng(0).integers(
+      0, 256, size=(30,) + IMG, dtype=np.uint8
+  )
+  ev = L.LinearityEvaluator(
+      nonlinear_apply,
+      images,
+      num_points=K,
+      num_tuples=13,
+      batch_size=5,
+      key=jax.random.key(11),
+      num_dirichlet=4,
+      preprocess=_preprocess,
+  )
+  variables = _mlp_vars()
+  res = ev(variables)
 
-    # Fixed tuples/weights: a second evaluator with the same config agrees.
-    ev2 = L.LinearityEvaluator(
-        nonlinear_apply, images, num_points=K, num_tuples=13, batch_size=5,
-        key=jax.random.key(11), num_dirichlet=4, preprocess=_preprocess,
-    )
-    np.testing.assert_array_equal(ev.tuples, ev2.tuples)
-    np.testing.assert_array_equal(ev.weights, ev2.weights)
+  # Fixed tuples/weights: a second evaluator with the same config agrees.
+  ev2 = L.LinearityEvaluator(
+      nonlinear_apply,
+      images,
+      num_points=K,
+      num_tuples=13,
+      batch_size=5,
+      key=jax.random.key(11),
+      num_dirichlet=4,
+      preprocess=_preprocess,
+  )
+  np.testing.assert_array_equal(ev.tuples, ev2.tuples)
+  np.testing.assert_array_equal(ev.weights, ev2.weights)
 
-    x = _preprocess(jnp.asarray(images)[ev.tuples])  # (T, K, ...)
-    ref = L.naive_per_tuple_metrics(nonlinear_apply, variables, x, ev.weights)
-    layers = ["00_stem", "01_conv", "02_mlp", "03_logits"]
-    assert res["layers"] == layers
-    assert res["num_tuples"] == 13
-    np.testing.assert_allclose(res["weights"], ev.weights)
-    assert len(res["tangent_t"]) == (len(L.DEFAULT_GRID) if K > 2 else ev.weights.shape[0])
-    for metric in L.METRICS:
-        assert list(res[metric]) == layers
-        for layer in layers:
-            v = ref[metric][layer]  # (W, T)
-            mean = v.mean(axis=1)
-            se = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])
-            got = res[metric][layer]
-            assert all(isinstance(f, float) for f in got["mean"] + got["stderr"])
-            np.testing.assert_allclose(got["mean"], mean, rtol=1e-3, atol=1e-9)
-            np.testing.assert_allclose(got["stderr"], se, rtol=1e-3, atol=1e-9)
+  x = _preprocess(jnp.asarray(images)[ev.tuples])  # (T, K, ...)
+  ref = L.naive_per_tuple_metrics(nonlinear_apply, variables, x, ev.weights)
+  layers = ["00_stem", "01_conv", "02_mlp", "03_logits"]
+  assert res["layers"] == layers
+  assert res["num_tuples"] == 13
+  np.testing.assert_allclose(res["weights"], ev.weights)
+  assert len(res["tangent_t"]) == (
+      len(L.DEFAULT_GRID) if K > 2 else ev.weights.shape[0]
+  )
+  for metric in L.METRICS:
+    assert list(res[metric]) == layers
+    for layer in layers:
+      v = ref[metric][layer]  # (W, T)
+      mean = v.mean(axis=1)
+      se = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])
+      got = res[metric][layer]
+      assert all(isinstance(f, float) for f in got["mean"] + got["stderr"])
+      np.testing.assert_allclose(got["mean"], mean, rtol=1e-3, atol=1e-9)
+      np.testing.assert_allclose(got["stderr"], se, rtol=1e-3, atol=1e-9)
 
-    # Compiled once; a second call (e.g. next epoch) reuses it and agrees.
-    res2 = ev(variables)
-    assert res2 == res
-    assert ev._run._cache_size() == 1
+  # Compiled once; a second call (e.g. next epoch) reuses it and agrees.
+  res2 = ev(variables)
+  assert res2 == res
+  assert ev._run._cache_size() == 1
 
 
 def test_evaluator_sorted_layers_and_subset():
-    def shuffled_apply(v, x):
-        logits, acts = affine_apply(v, x)
-        # bf16 layer, like a mixed-precision model; metrics are float32.
-        return logits, {"10_logits": acts["02_logits"].astype(jnp.bfloat16),
-                        "01_block1.1": acts["00_h1"],
-                        "05_block2.0": acts["01_h2"], "00_stem": x}
+  def shuffled_apply(v, x):
+    logits, acts = affine_apply(v, x)
+    # bf16 layer, like a mixed-precision model; metrics are float32.
+    return logits, {
+        "10_logits": acts["02_logits"].astype(jnp.bfloat16),
+        "01_block1.1": acts["00_h1"],
+        "05_block2.0": acts["01_h2"],
+        "00_stem": x,
+    }
 
-    images = np.random.default_rng(1).normal(size=(12,) + IMG).astype(np.float32)
-    ev = L.LinearityEvaluator(
-        shuffled_apply, images, num_points=2, num_tuples=7, batch_size=16, key=0,
-        grid=(0.3, 0.5), metrics=("interp_error",),
-    )
-    res = ev(_affine_vars())
-    expected = ["00_stem", "01_block1.1", "05_block2.0", "10_logits"]
-    assert res["layers"] == expected
-    assert list(res["interp_error"]) == expected
-    assert "relative_error" not in res and "tangent_residual" not in res and "tangent_t" not in res
-    assert res["weights"] == [[pytest.approx(0.7), pytest.approx(0.3)], [0.5, 0.5]]
-    for layer in expected[:-1]:  # affine everywhere
-        assert max(res["interp_error"][layer]["mean"]) < 1e-8
-    # The bf16 layer is affine up to bf16 rounding (~2^-8 relative).
-    bf16 = res["interp_error"]["10_logits"]
-    assert np.all(np.isfinite(bf16["mean"] + bf16["stderr"]))
-    assert max(bf16["mean"]) < 1e-3
+  images = np.random.default_rng(1).normal(size=(12,) + IMG).astype(np.float32)
+  ev = L.LinearityEvaluator(
+      shuffled_apply,
+      images,
+      num_points=2,
+      num_tuples=7,
+      batch_size=16,
+      key=0,
+      grid=(0.3, 0.5),
+      metrics=("interp_error",),
+  )
+  res = ev(_affine_vars())
+  expected = ["00_stem", "01_block1.1", "05_block2.0", "10_logits"]
+  assert res["layers"] == expected
+  assert list(res["interp_error"]) == expected
+  assert (
+      "relative_error" not in res
+      and "tangent_residual" not in res
+      and "tangent_t" not in res
+  )
+  assert res["weights"] == [
+      [pytest.approx(0.7), pytest.approx(0.3)],
+      [0.5, 0.5],
+  ]
+  for layer in expected[:-1]:  # affine everywhere
+    assert max(res["interp_error"][layer]["mean"]) < 1e-8
+  # The bf16 layer is affine up to bf16 rounding (~2^-8 relative).
+  bf16 = res["interp_error"]["10_logits"]
+  assert np.all(np.isfinite(bf16["mean"] + bf16["stderr"]))
+  assert max(bf16["mean"]) < 1e-3
 
 
 def test_degenerate_tuple_guard():
-    """Identical points in a layer (constant layer) give 0, not NaN."""
-    def const_apply(v, x):
-        z = jnp.zeros((x.shape[0], 3)) + 0.0 * x.reshape(x.shape[0], -1)[:, :3]
-        return z, {"00_const": z, "01_x": x}
+  """Identical points in a layer (constant layer) give 0, not NaN."""
 
-    x = _x_tuples(3, 2)
-    out = _np(L.per_tuple_metrics(const_apply, {}, x, L.mixing_weights(2)))
-    for metric in L.METRICS:
-        np.testing.assert_array_equal(out[metric]["00_const"], 0.0)
+  def const_apply(v, x):
+    z = jnp.zeros((x.shape[0], 3)) + 0.0 * x.reshape(x.shape[0], -1)[:, :3]
+    return z, {"00_const": z, "01_x": x}
+
+  x = _x_tuples(3, 2)
+  out = _np(L.per_tuple_metrics(const_apply, {}, x, L.mixing_weights(2)))
+  for metric in L.METRICS:
+    np.testing.assert_array_equal(out[metric]["00_const"], 0.0)

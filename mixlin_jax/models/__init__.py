@@ -51,42 +51,45 @@ __all__ = [
 
 
 def get_model(name: str, num_classes: int, dtype=jnp.float32) -> nn.Module:
-    """Build the model called ``name`` (one of ``MODEL_NAMES``).
+  """Build the model called ``name`` (one of ``MODEL_NAMES``).
 
-    ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` or ``"bfloat16"``);
-    parameters stay float32.  Raises ``ValueError`` for an unknown name (the
-    message names the config field ``model.name`` and the allowed values, so
-    it points at the fix), a non-positive ``num_classes`` or a non-float
-    ``dtype``.
-    """
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"model.name={name!r} is not a known model; allowed values: "
-            f"{', '.join(MODEL_NAMES)}")
-    try:
-        n = operator.index(num_classes)  # accepts numpy ints, rejects floats
-    except TypeError:
-        n = None
-    if n is None or isinstance(num_classes, bool) or n < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    num_classes = n
-    try:
-        dtype = jnp.dtype(dtype)  # also accepts names such as "bfloat16"
-    except TypeError:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
-    return _BUILDERS[name](num_classes, dtype)
+  ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` or ``"bfloat16"``);
+  parameters stay float32.  Raises ``ValueError`` for an unknown name (the
+  message names the config field ``model.name`` and the allowed values, so
+  it points at the fix), a non-positive ``num_classes`` or a non-float
+  ``dtype``.
+  """
+  if name not in _BUILDERS:
+    raise ValueError(
+        f"model.name={name!r} is not a known model; allowed values: "
+        f"{', '.join(MODEL_NAMES)}"
+    )
+  try:
+    n = operator.index(num_classes)  # accepts numpy ints, rejects floats
+  except TypeError:
+    n = None
+  if n is None or isinstance(num_classes, bool) or n < 1:
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  num_classes = n
+  try:
+    dtype = jnp.dtype(dtype)  # also accepts names such as "bfloat16"
+  except TypeError:
+    raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
+  return _BUILDERS[name](num_classes, dtype)
 
 
-def activation_names(model: nn.Module, input_shape: Sequence[int]) -> tuple[str, ...]:
-    """Ordered activation names of ``model`` for inputs of ``input_shape``
-    (NHWC, batch included), computed abstractly with ``jax.eval_shape`` (no
-    FLOPs, no parameter allocation)."""
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+def activation_names(
+    model: nn.Module, input_shape: Sequence[int]
+) -> tuple[str, ...]:
+  """Ordered activation names of ``model`` for inputs of ``input_shape``
+  (NHWC, batch included), computed abstractly with ``jax.eval_shape`` (no
+  FLOPs, no parameter allocation)."""
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
 
-    def names_of(x):
-        variables = model.init(jax.random.PRNGKey(0), x, train=False)
-        return model.apply(variables, x, train=False)[1]
+  def names_of(x):
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    return model.apply(variables, x, train=False)[1]
 
-    return tuple(sorted(jax.eval_shape(names_of, x)))
+  return tuple(sorted(jax.eval_shape(names_of, x)))

@@ -17,30 +17,30 @@ from mixlin_jax.models.layers import Dtype, batch_norm, conv, dense, global_avg_
 
 
 class SmallCNN(nn.Module):
-    """Small CNN returning ``(logits, activations)``.
+  """Small CNN returning ``(logits, activations)``.
 
-    ``activations`` keys: ``"00_conv1"``, ``"01_conv2"``, ``"02_conv3"``
-    (each conv layer's output after BN-ReLU), ``"03_pooled"``,
-    ``"04_logits"``.  The two-digit prefix makes sorted order (JAX pytrees
-    sort dict keys) equal network order.  Logits are float32.
-    """
+  ``activations`` keys: ``"00_conv1"``, ``"01_conv2"``, ``"02_conv3"``
+  (each conv layer's output after BN-ReLU), ``"03_pooled"``,
+  ``"04_logits"``.  The two-digit prefix makes sorted order (JAX pytrees
+  sort dict keys) equal network order.  Logits are float32.
+  """
 
-    num_classes: int
-    widths: Sequence[int] = (32, 64, 64)
-    strides: Sequence[int] = (1, 2, 1)
-    dtype: Dtype = jnp.float32
+  num_classes: int
+  widths: Sequence[int] = (32, 64, 64)
+  strides: Sequence[int] = (1, 2, 1)
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool):
-        acts = {}
-        h = x
-        for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
-            h = conv(width, 3, stride, dtype=self.dtype, name=f"conv{i + 1}")(h)
-            h = nn.relu(batch_norm(train, dtype=self.dtype, name=f"bn{i + 1}")(h))
-            acts[f"{len(acts):02d}_conv{i + 1}"] = h
-        h = global_avg_pool(h)
-        acts[f"{len(acts):02d}_pooled"] = h
-        logits = dense(self.num_classes, dtype=self.dtype, name="head")(h)
-        logits = logits.astype(jnp.float32)
-        acts[f"{len(acts):02d}_logits"] = logits
-        return logits, acts
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool):
+    acts = {}
+    h = x
+    for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
+      h = conv(width, 3, stride, dtype=self.dtype, name=f"conv{i + 1}")(h)
+      h = nn.relu(batch_norm(train, dtype=self.dtype, name=f"bn{i + 1}")(h))
+      acts[f"{len(acts):02d}_conv{i + 1}"] = h
+    h = global_avg_pool(h)
+    acts[f"{len(acts):02d}_pooled"] = h
+    logits = dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    logits = logits.astype(jnp.float32)
+    acts[f"{len(acts):02d}_logits"] = logits
+    return logits, acts

@@ -31,73 +31,84 @@ Dtype = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(features: int, kernel: int = 3, strides: int = 1, *, dtype: Dtype,
-         name: str | None = None) -> nn.Conv:
-    """A bias-free 'SAME'-padded square conv with float32 params."""
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding="SAME",
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+def conv(
+    features: int,
+    kernel: int = 3,
+    strides: int = 1,
+    *,
+    dtype: Dtype,
+    name: str | None = None,
+) -> nn.Conv:
+  """A bias-free 'SAME'-padded square conv with float32 params."""
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding="SAME",
+      use_bias=False,
+      kernel_init=conv_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
-def batch_norm(train: bool, *, dtype: Dtype, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm with the project-wide settings (see module docstring).
+def batch_norm(
+    train: bool, *, dtype: Dtype, name: str | None = None
+) -> nn.BatchNorm:
+  """BatchNorm with the project-wide settings (see module docstring).
 
-    ``train=False`` uses the running averages, so evaluation never needs
-    ``mutable=["batch_stats"]``.
-    """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+  ``train=False`` uses the running averages, so evaluation never needs
+  ``mutable=["batch_stats"]``.
+  """
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
 def dense(features: int, *, dtype: Dtype, name: str | None = None) -> nn.Dense:
-    """Final classifier layer (float32 params, zero bias)."""
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+  """Final classifier layer (float32 params, zero bias)."""
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
-    """(N, H, W, C) -> (N, C) mean over the spatial axes."""
-    return jnp.mean(x, axis=(1, 2))
+  """(N, H, W, C) -> (N, C) mean over the spatial axes."""
+  return jnp.mean(x, axis=(1, 2))
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al., 2016, "Identity Mappings ...").
+  """Pre-activation basic block (He et al., 2016, "Identity Mappings ...").
 
-    ``out = conv(relu(bn(conv(relu(bn(x)))))) + shortcut``, where the
-    shortcut is ``x`` itself when shape is preserved and otherwise a strided
-    1x1 conv of the *pre-activated* input ``relu(bn(x))`` (as in the common
-    CIFAR PreAct ResNet implementations).  The returned tensor is the
-    residual sum with no nonlinearity after it; this is the block output the
-    linearity metrics study.
-    """
+  ``out = conv(relu(bn(conv(relu(bn(x)))))) + shortcut``, where the
+  shortcut is ``x`` itself when shape is preserved and otherwise a strided
+  1x1 conv of the *pre-activated* input ``relu(bn(x))`` (as in the common
+  CIFAR PreAct ResNet implementations).  The returned tensor is the
+  residual sum with no nonlinearity after it; this is the block output the
+  linearity metrics study.
+  """
 
-    features: int
-    strides: int = 1
-    dtype: Dtype = jnp.float32
-    act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        pre = self.act(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = conv(self.features, 1, self.strides, dtype=self.dtype,
-                            name="shortcut")(pre)
-        else:
-            shortcut = x
-        y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv1")(pre)
-        y = self.act(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-        y = conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
-        return y + shortcut.astype(y.dtype)
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    pre = self.act(batch_norm(train, dtype=self.dtype, name="bn1")(x))
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = conv(
+          self.features, 1, self.strides, dtype=self.dtype, name="shortcut"
+      )(pre)
+    else:
+      shortcut = x
+    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv1")(
+        pre
+    )
+    y = self.act(batch_norm(train, dtype=self.dtype, name="bn2")(y))
+    y = conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
+    return y + shortcut.astype(y.dtype)

@@ -24,23 +24,27 @@ from mixlin_jax.models.layers import Dtype
 from mixlin_jax.models.resnet import PreActResNet
 
 
-def WideResNet(num_classes: int, depth: int = 28, widen_factor: int = 2,
-               dtype: Dtype = jnp.float32) -> PreActResNet:
-    """WRN-``depth``-``widen_factor`` returning ``(logits, activations)``."""
-    if (depth - 4) % 6 != 0:
-        raise ValueError(f"WRN depth must be 6n+4, got {depth}")
-    n_blocks = (depth - 4) // 6
-    return PreActResNet(
-        num_classes=num_classes,
-        stage_sizes=(n_blocks,) * 3,
-        widths=tuple(w * widen_factor for w in (16, 32, 64)),
-        strides=(1, 2, 2),
-        stem_width=16,
-        stage_name="group",
-        dtype=dtype,
-    )
+def WideResNet(
+    num_classes: int,
+    depth: int = 28,
+    widen_factor: int = 2,
+    dtype: Dtype = jnp.float32,
+) -> PreActResNet:
+  """WRN-``depth``-``widen_factor`` returning ``(logits, activations)``."""
+  if (depth - 4) % 6 != 0:
+    raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+  n_blocks = (depth - 4) // 6
+  return PreActResNet(
+      num_classes=num_classes,
+      stage_sizes=(n_blocks,) * 3,
+      widths=tuple(w * widen_factor for w in (16, 32, 64)),
+      strides=(1, 2, 2),
+      stem_width=16,
+      stage_name="group",
+      dtype=dtype,
+  )
 
 
 def WRN28_2(num_classes: int, dtype: Dtype = jnp.float32) -> PreActResNet:
-    """WRN-28-2: 3 groups of 4 blocks, widths 32/64/128, 16-channel stem."""
-    return WideResNet(num_classes, depth=28, widen_factor=2, dtype=dtype)
+  """WRN-28-2: 3 groups of 4 blocks, widths 32/64/128, 16-channel stem."""
+  return WideResNet(num_classes, depth=28, widen_factor=2, dtype=dtype)
