@@ -39,7 +39,7 @@ from mixlin_jax import parallel
 from mixlin_jax import train
 
 REGIMES = ("erm", "supmix2", "mix2", "mix3")
-BENCH_MODELS = ("preact_resnet18", "wrn28_2", "cnn")
+BENCH_MODELS = ("preact_resnet18", "wrn28_2", "wrn16_1", "wrn10_1", "cnn")
 # The reference script's interior grid (k+1)/9, k=0..7: 8 weights.
 POST_HOC_GRID = tuple((k + 1) / 9 for k in range(8))
 

@@ -9,6 +9,7 @@ useful part.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -17,9 +18,10 @@ USER_ERROR_EXIT = 2
 
 def _user_error_types() -> tuple[type, ...]:
   # Imported here so that importing this module stays cheap.
-  from mixlin_jax import checkpoints, config, data, train, workdir  # pylint: disable=import-outside-toplevel
+  from mixlin_jax import checkpoints, config, data, studies, train, workdir  # pylint: disable=import-outside-toplevel
   return (config.ConfigError, data.DataError, workdir.WorkdirMismatchError,
-          train.NonFiniteError, checkpoints.CheckpointError)
+          train.NonFiniteError, checkpoints.CheckpointError,
+          studies.StudyRunError)
 
 
 @contextlib.contextmanager
@@ -30,6 +32,12 @@ def user_errors_reported():
   except _user_error_types() as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(USER_ERROR_EXIT)
+
+
+def setup_logging() -> None:
+  """Our own progress notes at INFO; the libraries' chatter from WARNING."""
+  logging.getLogger().setLevel(logging.WARNING)
+  logging.getLogger("mixlin_jax").setLevel(logging.INFO)
 
 
 def default_workdir(config_arg: str) -> str:

@@ -25,7 +25,7 @@ DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100,
                    "svhn_cropped": 10}
 DATASET_TRAIN_SIZE = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000,
                       "svhn_cropped": 73_257}
-MODEL_NAMES = ("cnn", "preact_resnet18", "wrn28_2")
+MODEL_NAMES = ("cnn", "preact_resnet18", "wrn28_2", "wrn16_1", "wrn10_1")
 MIXUP_MODES = ("none", "supervised", "unsupervised")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 NAMED_SOURCES = ("tfds", "embedded")
@@ -127,12 +127,18 @@ def base_config() -> ml_collections.ConfigDict:
 _REGIME = re.compile(r"^(erm|supmix(\d+)|mix(\d+))$")
 
 
-def apply_regime(c: ml_collections.ConfigDict, regime: str) -> None:
-  """Sets the mixup block from a regime name: erm, supmixK or mixK."""
+def check_regime_name(regime: str) -> re.Match:
+  """Raises ConfigError unless ``regime`` is erm, supmixK or mixK."""
   m = _REGIME.match(regime)
   if not m:
     raise ConfigError("--config variant", regime,
                       "one of smoke, erm, supmixK, mixK (K an integer >= 1)")
+  return m
+
+
+def apply_regime(c: ml_collections.ConfigDict, regime: str) -> None:
+  """Sets the mixup block from a regime name: erm, supmixK or mixK."""
+  m = check_regime_name(regime)
   if regime == "erm":
     c.mixup.mode = "none"
   elif m.group(2):

@@ -470,6 +470,11 @@ def _run_epoch(config, trainer: Trainer, evaluator, state, epoch: int,
                                             d.x_test, d.y_test))
   teacher = jax.device_get(trainer.evaluate(state.teacher_variables(),
                                             d.x_test, d.y_test))
+  # The same clean measurement for every regime (no augmentation, no mixing,
+  # inference-mode BatchNorm): a regime's own training loss is not
+  # comparable across regimes (mixed targets, consistency term).
+  labelled = jax.device_get(trainer.evaluate(state.student_variables(),
+                                             d.x_labelled, d.y_labelled))
   eval_seconds = time.perf_counter() - t0
   record = {
       "epoch": epoch + 1,
@@ -480,6 +485,8 @@ def _run_epoch(config, trainer: Trainer, evaluator, state, epoch: int,
                "student_loss": float(student["loss"]),
                "teacher_accuracy": float(teacher["accuracy"]),
                "teacher_loss": float(teacher["loss"])},
+      "labelled": {"student_accuracy": float(labelled["accuracy"]),
+                   "student_loss": float(labelled["loss"])},
       "seconds": {"train": train_seconds, "eval": eval_seconds},
       "images_per_second": spe * trainer.images_per_step / train_seconds,
   }

@@ -132,7 +132,7 @@ def _abstract(name, num_classes, shape, dtype, train):
 
 
 def test_model_names():
-  assert MODEL_NAMES == ("cnn", "preact_resnet18", "wrn28_2")
+  assert MODEL_NAMES == ("cnn", "preact_resnet18", "wrn28_2", "wrn16_1", "wrn10_1")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

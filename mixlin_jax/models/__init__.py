@@ -29,13 +29,16 @@ from mixlin_jax.models.cnn import SmallCNN
 from mixlin_jax.models.resnet import PreActResNet, PreActResNet18
 from mixlin_jax.models.wrn import WRN28_2, WideResNet
 
-MODEL_NAMES = ("cnn", "preact_resnet18", "wrn28_2")
+MODEL_NAMES = ("cnn", "preact_resnet18", "wrn28_2", "wrn16_1", "wrn10_1")
 
 # name -> (num_classes, dtype) -> module; keys in the order of MODEL_NAMES.
 _BUILDERS = {
     "cnn": lambda n, dtype: SmallCNN(num_classes=n, dtype=dtype),
     "preact_resnet18": lambda n, dtype: PreActResNet18(n, dtype=dtype),
     "wrn28_2": lambda n, dtype: WRN28_2(n, dtype=dtype),
+    # Narrow WRNs sized for CPU studies at 32x32 (see models/wrn.py).
+    "wrn16_1": lambda n, dtype: WideResNet(n, 16, 1, dtype=dtype),
+    "wrn10_1": lambda n, dtype: WideResNet(n, 10, 1, dtype=dtype),
 }
 
 __all__ = [

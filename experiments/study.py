@@ -1,0 +1,101 @@
+r"""Runs every (regime, seed) of one config, then aggregates them with statistics and verdicts.
+
+    python experiments/study.py --config=configs/default.py \
+        --regimes=erm,supmix2,mix2,mix3 --seeds=0,1,2,3,4 --out=docs/studies/digits
+    python experiments/study.py --config=configs/cifar10_cpu_study.py \
+        --regimes=erm,supmix2,mix2,mix3 --seeds=0,1,2 --out=docs/studies/cifar10_cpu
+    # a cluster: one run.py command per run (a Slurm array, any batch system) ...
+    python experiments/study.py --config=... --regimes=... --seeds=... --out=... --print_commands
+    # ... then aggregate whatever has finished
+    python experiments/study.py --out=docs/studies/cifar10_cpu --aggregate_only
+
+Runs are sequential, each an ordinary ``run.py`` subprocess writing to
+``<out>/runs/<regime>_seed<seed>/``; finished runs are skipped and
+interrupted ones resume, so rerunning the same command after a kill picks up
+where it stopped. ``--config.FIELD=VALUE`` overrides pass through to every
+run. The aggregate (tables, figures, claims.md) is written to ``<out>``;
+see ``mixlin_jax.analysis.study`` for the statistics and the claims' tests.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/X.py[:variants]).",
+    lock_config=True)
+_REGIMES = flags.DEFINE_list(
+    "regimes", ["erm", "supmix2", "mix2", "mix3"],
+    "Regimes to run (erm, supmixK, mixK); the first is the baseline of the "
+    "paired differences.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_OUT = flags.DEFINE_string("out", None, "Study folder.")
+_PRINT = flags.DEFINE_bool(
+    "print_commands", False,
+    "Print one run.py command per unfinished run and exit (for clusters).")
+_AGGREGATE_ONLY = flags.DEFINE_bool(
+    "aggregate_only", False,
+    "Run nothing: aggregate the finished runs under --out, naming the "
+    "missing and incomplete ones.")
+flags.mark_flags_as_required(["out"])
+
+
+def _overrides(argv) -> list[str]:
+  """The ``--config.FIELD=VALUE`` arguments, passed on to every run."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      if "=" not in arg:
+        raise ValueError(f"{arg}: write config overrides as --config.FIELD=VALUE")
+      out.append(arg)
+  return out
+
+
+def main(argv):
+  del argv
+  from mixlin_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.setup_logging()
+  with cli.user_errors_reported():
+    _main()
+
+
+def _main():
+  from mixlin_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mixlin_jax import studies  # pylint: disable=import-outside-toplevel
+  from mixlin_jax.analysis import study as study_lib  # pylint: disable=import-outside-toplevel
+  out = _OUT.value
+  if not _AGGREGATE_ONLY.value:
+    if _CONFIG.value is None:
+      raise config_lib.ConfigError("--config", None,
+                                   "a config file (needed unless --aggregate_only)")
+    try:
+      seeds = [int(s) for s in _SEEDS.value]
+    except ValueError:
+      raise config_lib.ConfigError("--seeds", ",".join(_SEEDS.value),
+                                   "comma-separated integers") from None
+    specs = studies.plan(_REGIMES.value, seeds)
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    overrides = _overrides(sys.argv[1:])
+    # Every run's config is checked before anything runs.
+    for spec in specs:
+      c = _CONFIG.value.copy_and_resolve_references()
+      config_lib.apply_regime(c, spec.regime)
+      c.seed = spec.seed
+      config_lib.validate(c, workdir=studies.run_workdir(out, spec))
+    if _PRINT.value:
+      for spec in specs:
+        if not studies.run_status(out, spec).finished:
+          print(studies.format_command(
+              studies.run_command(config_path, spec, out, overrides)))
+      return
+    studies.execute(config_path, specs, out, overrides)
+    baseline = _REGIMES.value[0]
+  else:
+    baseline = _REGIMES.value[0] if flags.FLAGS["regimes"].present else None
+  study_lib.aggregate_and_report(out, baseline=baseline)
+
+
+if __name__ == "__main__":
+  app.run(main)
