@@ -91,10 +91,15 @@ def _main():
               studies.run_command(config_path, spec, out, overrides)))
       return
     studies.execute(config_path, specs, out, overrides)
-    baseline = _REGIMES.value[0]
-  else:
-    baseline = _REGIMES.value[0] if flags.FLAGS["regimes"].present else None
-  study_lib.aggregate_and_report(out, baseline=baseline)
+    study_lib.aggregate_and_report(out, baseline=_REGIMES.value[0],
+                                   regimes=_REGIMES.value, seeds=seeds)
+    return
+  # --aggregate_only: the grid is what the flags name, else what is there.
+  regimes = _REGIMES.value if flags.FLAGS["regimes"].present else None
+  seeds = ([int(s) for s in _SEEDS.value] if flags.FLAGS["seeds"].present
+           else None)
+  study_lib.aggregate_and_report(out, baseline=regimes[0] if regimes else None,
+                                 regimes=regimes, seeds=seeds)
 
 
 if __name__ == "__main__":

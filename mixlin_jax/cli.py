@@ -19,9 +19,10 @@ USER_ERROR_EXIT = 2
 def _user_error_types() -> tuple[type, ...]:
   # Imported here so that importing this module stays cheap.
   from mixlin_jax import checkpoints, config, data, studies, train, workdir  # pylint: disable=import-outside-toplevel
+  from mixlin_jax.analysis import errors as analysis_errors  # pylint: disable=import-outside-toplevel
   return (config.ConfigError, data.DataError, workdir.WorkdirMismatchError,
           train.NonFiniteError, checkpoints.CheckpointError,
-          studies.StudyRunError)
+          studies.StudyRunError, analysis_errors.AnalysisError)
 
 
 @contextlib.contextmanager

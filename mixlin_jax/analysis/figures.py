@@ -26,29 +26,47 @@ from mixlin_jax.linearity import METRICS
 
 log = logging.getLogger(__name__)
 
+# One colour per regime in every figure of the project: ERM grey, supervised
+# mixup blues, unsupervised (consistency) mixup reds/oranges, darker for
+# more points.
+REGIME_COLORS = {
+    "erm": "#555555",
+    "supmix2": "#1f77b4", "supmix3": "#17a2b8", "supmix4": "#0b3d91",
+    "mix2": "#d62728", "mix3": "#ff7f0e", "mix4": "#8c1c13",
+}
+
+
+def regime_color(regime: str):
+  """The project-wide colour of a regime name (a fixed fallback otherwise)."""
+  if regime in REGIME_COLORS:
+    return REGIME_COLORS[regime]
+  import zlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  return matplotlib.colormaps["tab20"](zlib.crc32(regime.encode()) % 20)
+
 _LOG_SPAN = 100.0  # a log axis when the positive values span >= 2 decades
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float):
+def new_figure(nrows: int, ncols: int, width: float, height: float):
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   fig = Figure(figsize=(width, height), layout="constrained")
   axes = fig.subplots(nrows, ncols, squeeze=False)
   return fig, axes
 
 
-def _save(fig, path: str, dpi: int = 100) -> str:
+def save_figure(fig, path: str, dpi: int = 100) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi, format="png")
   return path
 
 
-def _epoch_axis(ax) -> None:
+def epoch_axis(ax) -> None:
   from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
 
 
-def _wants_log(values: Iterable[float]) -> bool:
+def wants_log(values: Iterable[float]) -> bool:
   v = np.asarray([x for x in values if is_finite_number(x)], np.float64)
   pos = v[v > 0]
   return bool(pos.size) and bool(np.all(v > 0)) and (
@@ -93,7 +111,7 @@ def plot_heatmaps(rows: Sequence[Mapping], path: str, *,
   metrics = metrics_present(avg, metrics)
   layers = layer_order(r["layer"] for r in avg)
   epochs = sorted({r["epoch"] for r in avg})
-  fig, axes = _figure(1, len(metrics),
+  fig, axes = new_figure(1, len(metrics),
                       max(4.2, 0.32 * len(epochs) + 2.6) * len(metrics),
                       max(3.0, 0.34 * len(layers) + 1.6))
   for ax, metric in zip(axes[0], metrics):
@@ -105,7 +123,7 @@ def plot_heatmaps(rows: Sequence[Mapping], path: str, *,
         if r is not None:
           grid[i, j] = r["value"]
     finite = grid[np.isfinite(grid)]
-    log_scale = _wants_log(finite.tolist())
+    log_scale = wants_log(finite.tolist())
     if log_scale:
       norm = LogNorm(vmin=finite[finite > 0].min(), vmax=finite.max())
     else:
@@ -132,7 +150,7 @@ def plot_heatmaps(rows: Sequence[Mapping], path: str, *,
                    (" (log scale)" if log_scale else ""))
   fig.suptitle(f"{run}: layer-wise linearity over training (lower = more "
                "linear)")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _pick_epochs(epochs: Sequence[int], count: int = 5) -> list[int]:
@@ -143,7 +161,7 @@ def _pick_epochs(epochs: Sequence[int], count: int = 5) -> list[int]:
   return [epochs[i] for i in idx]
 
 
-def _profile_axis(ax, layers, log_scale):
+def profile_axis(ax, layers, log_scale):
   ax.set_xticks(range(len(layers)), [display_layer(l) for l in layers],
                 rotation=30 if len(layers) > 6 else 0, ha="right"
                 if len(layers) > 6 else "center")
@@ -153,7 +171,7 @@ def _profile_axis(ax, layers, log_scale):
   ax.grid(True, alpha=0.3)
 
 
-def _band(ax, x, y, e, color):
+def band(ax, x, y, e, color):
   y, e = np.asarray(y, float), np.asarray(e, float)
   ok = np.isfinite(y) & np.isfinite(e)
   if ok.any():
@@ -184,7 +202,7 @@ def plot_layer_profiles(rows: Sequence[Mapping], path: str, *,
     log.warning("plot_layer_profiles: epochs %s are not in the rows.",
                 epoch_ranges(missing))
   colors = _colors(len(chosen), "viridis")
-  fig, axes = _figure(1, len(metrics), 4.6 * len(metrics), 3.8)
+  fig, axes = new_figure(1, len(metrics), 4.6 * len(metrics), 3.8)
   for ax, metric in zip(axes[0], metrics):
     table = _table(avg, metric)
     values = []
@@ -195,14 +213,14 @@ def plot_layer_profiles(rows: Sequence[Mapping], path: str, *,
            else np.nan for l in layers]
       values += y
       ax.plot(range(len(layers)), y, "o-", color=color, label=f"epoch {epoch}")
-      _band(ax, range(len(layers)), y, e, color)
-    _profile_axis(ax, layers, _wants_log(values))
+      band(ax, range(len(layers)), y, e, color)
+    profile_axis(ax, layers, wants_log(values))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric) + " (mean over weights)")
     ax.set_title(METRIC_LABELS.get(metric, metric))
     ax.legend(title=run, fontsize="small")
   fig.suptitle(f"{run}: linearity by layer at selected epochs (lower = more "
                "linear)")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_training_curves(rows: Sequence[Mapping], path: str, *,
@@ -217,7 +235,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
   from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
   runs = list(dict.fromkeys(r["run"] for r in rows))
   colors = _colors(len(runs))
-  fig, axes = _figure(1, 2, 10.5, 4.3)
+  fig, axes = new_figure(1, 2, 10.5, 4.3)
   ax_acc, ax_loss = axes[0]
   styles = {"test.student_accuracy": "-", "test.teacher_accuracy": "--",
             "train.loss": "-", "train.supervised": ":",
@@ -254,7 +272,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
     style_handles = [Line2D([], [], color="0.3", ls=styles[k],
                             label=names[k]) for k in keys if k in used]
     ax.legend(handles=style_handles, fontsize="small")
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.grid(True, alpha=0.3)
   fig.legend(handles=run_handles, loc="outside lower center",
              ncols=min(len(runs), 6), title="run" if len(runs) > 1 else None)
@@ -263,10 +281,10 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
   ax_loss.set_ylabel("cross-entropy")
   ax_loss.set_title("loss")
   loss_values = [r.get(k) for r in rows for k in LOSS_KEYS]
-  if _wants_log(v for v in loss_values if v is not None):
+  if wants_log(v for v in loss_values if v is not None):
     ax_loss.set_yscale("log")
   fig.suptitle(title or ("training curves: " + ", ".join(runs)))
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
@@ -281,7 +299,7 @@ def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
   layers = layer_order(r["layer"] for r in avg)
   ncols = ncols or min(len(layers), 3 if len(layers) <= 6 else 4)
   nrows = math.ceil(len(layers) / ncols)
-  fig, axes = _figure(nrows, ncols, 3.5 * ncols, 2.7 * nrows + 0.6)
+  fig, axes = new_figure(nrows, ncols, 3.5 * ncols, 2.7 * nrows + 0.6)
   colors = _colors(len(runs))
   table = _table(avg, metric)
   handles = []
@@ -298,13 +316,13 @@ def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
       values += y
       line, = ax.plot(x, y, "-", color=color, marker="." if len(x) < 30
                       else None, label=run)
-      _band(ax, x, y, [p[1]["stderr"] for p in pts], color)
+      band(ax, x, y, [p[1]["stderr"] for p in pts], color)
       if run not in [h.get_label() for h in handles]:
         handles.append(line)
-    if _wants_log(values):
+    if wants_log(values):
       ax.set_yscale("log")
     ax.set_title(display_layer(layer))
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.grid(True, alpha=0.3)
     if idx % ncols == 0:
       ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -314,7 +332,7 @@ def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
              ncols=min(len(handles), 6), title="run")
   fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} per layer over training "
                "(mean over mixing weights; lower = more linear)")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_final_profiles(rows: Sequence[Mapping], path: str, *,
@@ -332,7 +350,7 @@ def plot_final_profiles(rows: Sequence[Mapping], path: str, *,
   shared = epoch if epoch is not None else (
       next(iter(set(last.values()))) if len(set(last.values())) == 1
       else None)
-  fig, axes = _figure(1, len(metrics), 4.6 * len(metrics), 3.9)
+  fig, axes = new_figure(1, len(metrics), 4.6 * len(metrics), 3.9)
   for ax, metric in zip(axes[0], metrics):
     table = _table(avg, metric)
     values = []
@@ -351,8 +369,8 @@ def plot_final_profiles(rows: Sequence[Mapping], path: str, *,
       values += y
       ax.plot(range(len(layers)), y, "o-", color=color,
               label=run if shared is not None else f"{run} (epoch {e})")
-      _band(ax, range(len(layers)), y, err, color)
-    _profile_axis(ax, layers, _wants_log(values))
+      band(ax, range(len(layers)), y, err, color)
+    profile_axis(ax, layers, wants_log(values))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric) + " (mean over weights)")
     ax.set_title(METRIC_LABELS.get(metric, metric))
     ax.legend(fontsize="small")
@@ -360,4 +378,4 @@ def plot_final_profiles(rows: Sequence[Mapping], path: str, *,
       f" {shared}" if shared is not None else "")
   fig.suptitle(f"linearity by layer at the {which}, per run (lower = more "
                "linear)")
-  return _save(fig, path)
+  return save_figure(fig, path)

@@ -1,0 +1,599 @@
+"""A study's aggregate: statistics over seeds, verdicts, tables and figures.
+
+Reads only the plain files of each finished run under ``<out>/runs/``
+(``config.json`` and ``metrics.jsonl``: the committed part of a study), so
+a committed study regenerates its whole aggregate without checkpoints or
+recompute.  Writes into ``<out>``::
+
+    tables/runs.csv                  one row per run: status, final accuracies
+    tables/linearity_by_seed.csv     per (regime, seed, epoch, layer, metric):
+                                     value (mean over weights) and tuple_sem
+    tables/linearity_summary.csv     per (regime, epoch, layer, metric): mean over
+                                     seeds, std, 95% t interval, mean tuple_sem
+    tables/paired_differences.csv    per (regime, epoch, layer, metric): regime -
+                                     baseline over seeds, mean, 95% interval, p
+    tables/accuracy.csv              per regime: final test accuracy (student,
+                                     EMA teacher) and clean labelled loss
+    tables/convergence.csv           per run: epochs to the target accuracy /
+                                     labelled loss; paired differences in
+                                     tables/convergence_paired.csv
+    claims.md, claims.json           the claims' tests and verdicts
+    figures/*.png                    see :func:`write_figures`
+
+Statistics: :mod:`mixlin_jax.analysis.stats`; the claims' tests:
+:mod:`mixlin_jax.analysis.claims`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mixlin_jax import studies
+from mixlin_jax import workdir as workdir_lib
+from mixlin_jax.analysis import claims as claims_lib
+from mixlin_jax.analysis import stats
+from mixlin_jax.analysis.errors import AnalysisError
+from mixlin_jax.analysis.tables import (
+    METRIC_LABELS, average_over_weights, display_layer, layer_order,
+    logged_linearity_rows)
+from mixlin_jax.linearity import METRICS
+
+log = logging.getLogger(__name__)
+
+TARGET_FRACTION = 0.9  # target accuracy = this x baseline's mean final accuracy
+LOSS_TARGET_FACTOR = 1.25  # labelled-loss target = this x the worst regime mean
+CURVE_KEYS = {
+    "test_accuracy": ("test", "student_accuracy"),
+    "teacher_accuracy": ("test", "teacher_accuracy"),
+    "test_loss": ("test", "student_loss"),
+    "labelled_loss": ("labelled", "student_loss"),
+    "labelled_accuracy": ("labelled", "student_accuracy"),
+    "train_loss": ("train", "loss"),
+}
+
+
+def regime_sort_key(regime: str):
+  """erm first, then supmixK, then mixK, by K."""
+  m = re.match(r"^(erm|supmix|mix)(\d*)$", regime)
+  if not m:
+    return (9, regime)
+  return ({"erm": 0, "supmix": 1, "mix": 2}[m[1]], int(m[2] or 0), regime)
+
+
+@dataclasses.dataclass
+class StudyData:
+  """What the finished runs of a study logged, as tidy frames."""
+  out: str
+  statuses: list  # studies.RunStatus of every run folder (and planned run)
+  regimes: list[str]
+  seeds: list[int]
+  layers: list[str]
+  linearity: pd.DataFrame  # regime, seed, epoch, layer, metric, value, tuple_sem
+  curves: pd.DataFrame  # regime, seed, epoch, CURVE_KEYS...
+  config: dict  # flat config of the first finished run
+
+  @property
+  def final_epoch(self) -> int:
+    return int(self.curves["epoch"].max())
+
+
+def load(out: str, regimes: Sequence[str] | None = None,
+         seeds: Sequence[int] | None = None) -> StudyData:
+  """Reads every finished run of ``<out>/runs``.
+
+  ``regimes``/``seeds`` (default: those found) define the expected grid;
+  runs of the grid that are missing or incomplete are listed in
+  ``statuses`` and left out of every statistic.
+  """
+  found = studies.existing_runs(out)
+  regimes = list(regimes or sorted({s.regime for s in found},
+                                   key=regime_sort_key))
+  seeds = sorted(seeds or {s.seed for s in found})
+  grid = [studies.RunSpec(r, s) for s in seeds for r in regimes]
+  statuses = [studies.run_status(out, spec) for spec in grid]
+  lin_frames, curve_rows, config = [], [], None
+  for st in statuses:
+    if not st.finished:
+      continue
+    config = config or workdir_lib.read_config(st.workdir)
+    rows = average_over_weights(logged_linearity_rows(st.workdir, st.spec.name))
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+      frame = frame.rename(columns={"stderr": "tuple_sem"})
+      frame["regime"], frame["seed"] = st.spec.regime, st.spec.seed
+      lin_frames.append(frame[["regime", "seed", "epoch", "layer", "metric",
+                               "value", "tuple_sem"]])
+    for record in workdir_lib.read_metrics(st.workdir):
+      row = {"regime": st.spec.regime, "seed": st.spec.seed,
+             "epoch": int(record["epoch"])}
+      for name, (group, key) in CURVE_KEYS.items():
+        row[name] = (record.get(group) or {}).get(key, math.nan)
+      curve_rows.append(row)
+  if config is None:
+    raise AnalysisError(
+        f"{out} holds no finished run (expected folders such as "
+        f"{os.path.join(out, studies.RUNS_DIR, 'erm_seed0')}); run the study "
+        "first or check --out.")
+  linearity = pd.concat(lin_frames, ignore_index=True) if lin_frames else (
+      pd.DataFrame(columns=["regime", "seed", "epoch", "layer", "metric",
+                            "value", "tuple_sem"]))
+  curves = pd.DataFrame(curve_rows).drop_duplicates(
+      ["regime", "seed", "epoch"], keep="last")
+  done = {(s.spec.regime, s.spec.seed) for s in statuses if s.finished}
+  return StudyData(
+      out=out, statuses=statuses,
+      regimes=[r for r in regimes if any((r, s) in done for s in seeds)],
+      seeds=[s for s in seeds if any((r, s) in done for r in regimes)],
+      layers=layer_order(linearity["layer"]), linearity=linearity,
+      curves=curves.sort_values(["regime", "seed", "epoch"]), config=config)
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+
+
+def _values(frame: pd.DataFrame, seeds: Sequence[int]) -> list[float]:
+  by_seed = dict(zip(frame["seed"], frame["value"]))
+  return [by_seed.get(s, math.nan) for s in seeds]
+
+
+def linearity_summary(data: StudyData) -> pd.DataFrame:
+  """Mean over seeds with its 95% t interval, per (regime, epoch, layer, metric)."""
+  rows = []
+  for (regime, epoch, layer, metric), g in data.linearity.groupby(
+      ["regime", "epoch", "layer", "metric"], sort=False):
+    s = stats.mean_interval(g["value"].tolist())
+    rows.append({"regime": regime, "epoch": int(epoch), "layer": layer,
+                 "metric": metric, "n_seeds": s["n"], "mean": s["mean"],
+                 "std": s["std"], "ci_low": s["ci_low"],
+                 "ci_high": s["ci_high"],
+                 "tuple_sem_mean": float(g["tuple_sem"].mean())})
+  return _sorted(pd.DataFrame(rows))
+
+
+def paired_differences(data: StudyData, baseline: str) -> pd.DataFrame:
+  """regime - baseline per seed, per (regime, epoch, layer, metric)."""
+  lin = data.linearity
+  base = {key: g for key, g in lin[lin["regime"] == baseline].groupby(
+      ["epoch", "layer", "metric"])}
+  rows = []
+  for (regime, epoch, layer, metric), g in lin[lin["regime"] != baseline].groupby(
+      ["regime", "epoch", "layer", "metric"], sort=False):
+    b = base.get((epoch, layer, metric))
+    if b is None:
+      continue
+    d = stats.paired_difference(_values(g, data.seeds), _values(b, data.seeds))
+    rows.append({"regime": regime, "baseline": baseline, "epoch": int(epoch),
+                 "layer": layer, "metric": metric, "n_pairs": d["n"],
+                 "mean_diff": d["mean"], "ci_low": d["ci_low"],
+                 "ci_high": d["ci_high"], "p_value": d["p_value"],
+                 "baseline_mean": d["baseline_mean"],
+                 "relative_diff": d["relative"]})
+  return _sorted(pd.DataFrame(rows))
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+  if frame.empty:
+    return frame
+  keys = [k for k in ("regime", "epoch", "metric", "layer") if k in frame]
+  return frame.sort_values(
+      keys, key=lambda col: col.map(regime_sort_key) if col.name == "regime"
+      else col).reset_index(drop=True)
+
+
+def accuracy_table(data: StudyData) -> pd.DataFrame:
+  """Final-epoch accuracies and clean labelled loss per regime (mean, std, CI)."""
+  final = data.curves[data.curves["epoch"] == data.final_epoch]
+  rows = []
+  for regime in data.regimes:
+    g = final[final["regime"] == regime]
+    row = {"regime": regime, "n_seeds": len(g)}
+    for name in ("test_accuracy", "teacher_accuracy", "labelled_loss",
+                 "test_loss"):
+      s = stats.mean_interval(g[name].tolist())
+      row.update({f"{name}_mean": s["mean"], f"{name}_std": s["std"],
+                  f"{name}_ci_low": s["ci_low"],
+                  f"{name}_ci_high": s["ci_high"]})
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
+def _first_epoch(series: pd.DataFrame, column: str, reached) -> int | None:
+  for epoch, value in zip(series["epoch"], series[column]):
+    if value is not None and math.isfinite(value) and reached(value):
+      return int(epoch)
+  return None
+
+
+def convergence(data: StudyData, baseline: str) -> tuple[pd.DataFrame, dict]:
+  """Epochs to the target accuracy and labelled loss, per run.
+
+  Targets (the same for every regime): accuracy ``TARGET_FRACTION`` x the
+  baseline's mean final test accuracy; clean labelled cross-entropy
+  ``LOSS_TARGET_FACTOR`` x the highest regime-mean final value (so that,
+  on average, every regime gets there).  A run that never reaches a target
+  counts as ``final_epoch + 1`` and is marked ``censored``.
+  """
+  final = data.curves[data.curves["epoch"] == data.final_epoch]
+  base_final = final[final["regime"] == baseline]["test_accuracy"]
+  target_acc = TARGET_FRACTION * float(base_final.mean())
+  loss_target = LOSS_TARGET_FACTOR * float(
+      final.groupby("regime")["labelled_loss"].mean().max())
+  never = data.final_epoch + 1
+  rows = []
+  for (regime, seed), g in data.curves.groupby(["regime", "seed"]):
+    acc = _first_epoch(g, "test_accuracy", lambda v: v >= target_acc)
+    loss = _first_epoch(g, "labelled_loss", lambda v: v <= loss_target)
+    rows.append({"regime": regime, "seed": int(seed),
+                 "target_accuracy": target_acc,
+                 "epochs_to_target_accuracy": acc or never,
+                 "accuracy_censored": acc is None,
+                 "target_labelled_loss": loss_target,
+                 "epochs_to_target_labelled_loss": loss or never,
+                 "labelled_loss_censored": loss is None,
+                 "mean_test_accuracy_over_epochs": float(
+                     g["test_accuracy"].mean())})
+  frame = pd.DataFrame(rows)
+  frame = frame.sort_values(["regime", "seed"], key=lambda c: c.map(
+      regime_sort_key) if c.name == "regime" else c).reset_index(drop=True)
+  return frame, {"target_accuracy": target_acc,
+                 "target_labelled_loss": loss_target}
+
+
+def convergence_paired(conv: pd.DataFrame, seeds: Sequence[int],
+                       pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+  """Paired differences of the convergence quantities for (regime, reference) pairs."""
+  rows = []
+  for regime, reference in pairs:
+    a = conv[conv["regime"] == regime].set_index("seed")
+    b = conv[conv["regime"] == reference].set_index("seed")
+    for quantity in ("epochs_to_target_accuracy",
+                     "epochs_to_target_labelled_loss",
+                     "mean_test_accuracy_over_epochs"):
+      d = stats.paired_difference(
+          [a[quantity].get(s, math.nan) for s in seeds],
+          [b[quantity].get(s, math.nan) for s in seeds])
+      rows.append({"regime": regime, "reference": reference,
+                   "quantity": quantity, "n_pairs": d["n"],
+                   "mean_diff": d["mean"], "ci_low": d["ci_low"],
+                   "ci_high": d["ci_high"], "p_value": d["p_value"]})
+  return pd.DataFrame(rows)
+
+
+def excluded_layers(data: StudyData) -> list[str]:
+  """Layers linear by construction (see ``claims``): tiny error in every run."""
+  lin = data.linearity
+  final = lin[(lin["epoch"] == data.final_epoch) &
+              (lin["metric"] == claims_lib.PRIMARY_METRIC)]
+  worst = final.groupby("layer")["value"].max()
+  return [l for l in data.layers
+          if l in worst and worst[l] < claims_lib.LINEAR_BY_CONSTRUCTION]
+
+
+def k_pairs(regimes: Sequence[str]) -> list[tuple[str, str]]:
+  """(mixK, mix2) and (supmixK, supmix2) for every K > 2 in the study."""
+  out = []
+  for family in ("mix", "supmix"):
+    if f"{family}2" not in regimes:
+      continue
+    for r in regimes:
+      m = re.match(rf"^{family}(\d+)$", r)
+      if m and int(m[1]) > 2:
+        out.append((r, f"{family}2"))
+  return out
+
+
+@dataclasses.dataclass
+class Aggregate:
+  data: StudyData
+  baseline: str
+  summary: pd.DataFrame
+  paired: pd.DataFrame
+  accuracy: pd.DataFrame
+  convergence: pd.DataFrame
+  convergence_targets: dict
+  convergence_paired: pd.DataFrame
+  excluded: list[str]
+  verdicts: list[dict]
+
+
+def aggregate(out: str, baseline: str | None = None,
+              regimes: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None) -> Aggregate:
+  """Every statistic and verdict of the study in ``out`` (writes nothing)."""
+  data = load(out, regimes, seeds)
+  baseline = baseline or ("erm" if "erm" in data.regimes else data.regimes[0])
+  if baseline not in data.regimes:
+    raise AnalysisError(f"baseline regime {baseline!r} has no finished run "
+                        f"in {out} (finished: {', '.join(data.regimes)})")
+  summary = linearity_summary(data)
+  paired = paired_differences(data, baseline)
+  conv, targets = convergence(data, baseline)
+  others = [r for r in data.regimes if r != baseline]
+  conv_paired = convergence_paired(
+      conv, data.seeds, [(r, baseline) for r in others] + k_pairs(data.regimes))
+  excluded = excluded_layers(data)
+  final = paired[paired["epoch"] == data.final_epoch]
+  lin_diff = {(r.regime, r.layer, r.metric): {
+      "n": r.n_pairs, "mean": r.mean_diff, "ci_low": r.ci_low,
+      "ci_high": r.ci_high, "p_value": r.p_value,
+      "baseline_mean": r.baseline_mean, "relative": r.relative_diff}
+              for r in final.itertuples()}
+  acc = conv_paired[(conv_paired["quantity"] == "epochs_to_target_accuracy")
+                    & (conv_paired["reference"] == baseline)]
+  conv_diff = {r.regime: {"n": r.n_pairs, "mean": r.mean_diff,
+                          "ci_low": r.ci_low, "ci_high": r.ci_high,
+                          "p_value": r.p_value} for r in acc.itertuples()}
+  metrics = [m for m in METRICS if m in set(data.linearity["metric"])]
+  verdicts = claims_lib.evaluate(claims_lib.CLAIMS, data.regimes, baseline,
+                                 data.layers, excluded, metrics, lin_diff,
+                                 conv_diff)
+  return Aggregate(data, baseline, summary, paired, accuracy_table(data),
+                   conv, targets, conv_paired, excluded, verdicts)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+def _fmt(x, digits: int = 3) -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "-"
+  if isinstance(x, (int, np.integer)):
+    return str(int(x))
+  return f"{x:.{digits}g}"
+
+
+def _interval(d: dict, digits: int = 3) -> str:
+  return (f"{_fmt(d['mean'], digits)} [{_fmt(d['ci_low'], digits)}, "
+          f"{_fmt(d['ci_high'], digits)}]")
+
+
+def write_tables(agg: Aggregate) -> list[str]:
+  folder = os.path.join(agg.data.out, "tables")
+  os.makedirs(folder, exist_ok=True)
+  runs = pd.DataFrame([{
+      "run": st.spec.name, "regime": st.spec.regime, "seed": st.spec.seed,
+      "status": st.state, "epochs_done": st.epochs_done}
+                       for st in agg.data.statuses])
+  final = agg.data.curves[agg.data.curves["epoch"] == agg.data.final_epoch]
+  runs = runs.merge(final[["regime", "seed", "test_accuracy",
+                           "teacher_accuracy", "labelled_loss"]],
+                    on=["regime", "seed"], how="left")
+  frames = {"runs": runs, "linearity_by_seed": agg.data.linearity,
+            "linearity_summary": agg.summary,
+            "paired_differences": agg.paired, "accuracy": agg.accuracy,
+            "convergence": agg.convergence,
+            "convergence_paired": agg.convergence_paired}
+  paths = []
+  for name, frame in frames.items():
+    path = os.path.join(folder, f"{name}.csv")
+    frame.to_csv(path, index=False, float_format="%.6g")
+    paths.append(path)
+  return paths
+
+
+def claims_markdown(agg: Aggregate, title: str) -> str:
+  """``claims.md``: the tests (fixed in advance), then verdicts with numbers."""
+  d = agg.data
+  c = d.config
+  lines = [f"# Claims: {title}", ""]
+  lines += [
+      f"Study folder `{_rel(d.out)}`: config `{c.get('model.name')}` on "
+      f"`{c.get('data.dataset')}` ({c.get('data.num_labels')} labels, "
+      f"{c.get('train.epochs')} epochs, linearity on "
+      f"{c.get('linearity.num_tuples')} {c.get('linearity.split')} tuples "
+      f"of K={c.get('linearity.num_points')}); regimes "
+      f"{', '.join(d.regimes)}; seeds {', '.join(map(str, d.seeds))}; "
+      f"baseline `{agg.baseline}`.", ""]
+  missing = [st for st in d.statuses if not st.finished]
+  if missing:
+    lines += ["**Not included** (missing or incomplete runs): " + ", ".join(
+        f"{st.spec.name} ({st.state})" for st in missing) + ".", ""]
+  lines += [
+      "How the claims are tested was fixed before any study was aggregated "
+      "(see `mixlin_jax/analysis/claims.py` and the README): paired "
+      "difference regime - baseline over seeds at the final epoch, mean over "
+      "the mixing weights, 95% Student-t interval; *supported* when the "
+      "interval excludes 0 in the claimed direction, *contradicted* when it "
+      "excludes 0 the other way, else *inconclusive*. Primary metric: "
+      "interpolation error; the others are reported beside it. Convergence: "
+      "epochs until the student's test accuracy reaches "
+      f"{_fmt(agg.convergence_targets['target_accuracy'])} "
+      f"({TARGET_FRACTION:g} x the baseline's mean final accuracy).", ""]
+  if agg.excluded:
+    lines += ["Excluded as linear by construction (final interpolation error "
+              f"< {claims_lib.LINEAR_BY_CONSTRUCTION:g} in every run): " +
+              ", ".join(display_layer(l) for l in agg.excluded) + ".", ""]
+  lines += ["## Verdicts", "",
+            "| claim | regime | primary verdict | " +
+            " | ".join(METRIC_LABELS[m] for m in METRICS if m != "interp_error"
+                       ) + " | layers (supported / contradicted / "
+            "inconclusive, primary) |",
+            "|---|---|---|" + "---|" * (len(METRICS) - 1) + "---|"]
+  for v in agg.verdicts:
+    if "metrics" in v:
+      prim = v["metrics"].get(claims_lib.PRIMARY_METRIC, {"layers": []})
+      counts = [sum(r["verdict"] == k for r in prim["layers"]) for k in (
+          claims_lib.SUPPORTED, claims_lib.CONTRADICTED,
+          claims_lib.INCONCLUSIVE)]
+      others = [v["metrics"].get(m, {}).get("verdict", "-")
+                for m in METRICS if m != "interp_error"]
+      lines.append(f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** | "
+                   + " | ".join(others) + " | " +
+                   " / ".join(map(str, counts)) + " |")
+    else:
+      iv = v["interval"]
+      lines.append(f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** | "
+                   + " | ".join("-" for m in METRICS if m != "interp_error") +
+                   f" | epochs to target: {_interval(iv)} |")
+  lines.append("")
+  for claim in claims_lib.CLAIMS:
+    entries = [v for v in agg.verdicts if v["claim"] == claim.key]
+    lines += [f"## ({claim.key}) {claim.statement}", ""]
+    if not entries:
+      lines += ["No regime of this study tests this claim.", ""]
+      continue
+    for v in entries:
+      if "metrics" not in v:
+        continue
+      lines += [f"**{v['regime']} - {v['baseline']}**, final epoch, per "
+                "layer: mean difference [95% CI] (p), verdict.", "",
+                "| layer | " + " | ".join(METRIC_LABELS[m] for m in
+                                          v["metrics"]) + " |",
+                "|---|" + "---|" * len(v["metrics"])]
+      for i, layer in enumerate(v["layers"]):
+        cells = []
+        for m, res in v["metrics"].items():
+          r = res["layers"][i]
+          cells.append(f"{_interval(r)} (p={_fmt(r['p_value'], 2)}) "
+                       f"{r['verdict']}")
+        lines.append(f"| {display_layer(layer)} | " + " | ".join(cells) + " |")
+      lines.append("")
+    if claim.key == "c":
+      lines += _convergence_lines(agg)
+  lines += _k_lines(agg)
+  acc = agg.accuracy
+  lines += ["## Final accuracy (mean +- std over seeds)", "",
+            "| regime | seeds | test accuracy (student) | EMA teacher | "
+            "clean labelled loss |", "|---|---|---|---|---|"]
+  for r in acc.itertuples():
+    lines.append(f"| {r.regime} | {r.n_seeds} | "
+                 f"{_fmt(r.test_accuracy_mean, 4)} +- {_fmt(r.test_accuracy_std, 2)} | "
+                 f"{_fmt(r.teacher_accuracy_mean, 4)} +- {_fmt(r.teacher_accuracy_std, 2)} | "
+                 f"{_fmt(r.labelled_loss_mean, 3)} +- {_fmt(r.labelled_loss_std, 2)} |")
+  lines.append("")
+  return "\n".join(lines)
+
+
+def _convergence_lines(agg: Aggregate) -> list[str]:
+  conv = agg.convergence
+  lines = ["Epochs to the targets per regime (mean over seeds; `>` = some "
+           "seed never reached it, counted as final epoch + 1):", "",
+           "| regime | epochs to test accuracy "
+           f"{_fmt(agg.convergence_targets['target_accuracy'])} | epochs to "
+           "clean labelled loss "
+           f"{_fmt(agg.convergence_targets['target_labelled_loss'])} | mean "
+           "test accuracy over epochs |", "|---|---|---|---|"]
+  for regime in agg.data.regimes:
+    g = conv[conv["regime"] == regime]
+    acc = ((">" if g["accuracy_censored"].any() else "") +
+           _fmt(g["epochs_to_target_accuracy"].mean()))
+    loss = ((">" if g["labelled_loss_censored"].any() else "") +
+            _fmt(g["epochs_to_target_labelled_loss"].mean()))
+    lines.append(f"| {regime} | {acc} | {loss} | "
+                 f"{_fmt(g['mean_test_accuracy_over_epochs'].mean(), 4)} |")
+  lines.append("")
+  cp = agg.convergence_paired
+  lines += ["Paired differences (regime - reference), mean [95% CI]:", "",
+            "| regime - reference | epochs to target accuracy | epochs to "
+            "target labelled loss | mean test accuracy over epochs |",
+            "|---|---|---|---|"]
+  for (regime, ref), g in cp.groupby(["regime", "reference"], sort=False):
+    cells = []
+    for q in ("epochs_to_target_accuracy", "epochs_to_target_labelled_loss",
+              "mean_test_accuracy_over_epochs"):
+      r = g[g["quantity"] == q].iloc[0]
+      cells.append(_interval({"mean": r.mean_diff, "ci_low": r.ci_low,
+                              "ci_high": r.ci_high}))
+    lines.append(f"| {regime} - {ref} | " + " | ".join(cells) + " |")
+  lines.append("")
+  return lines
+
+
+def _k_lines(agg: Aggregate) -> list[str]:
+  pairs = k_pairs(agg.data.regimes)
+  lines = ["## (K) More than two mixing points (descriptive)", ""]
+  if not pairs:
+    return lines + ["This study has no K > 2 regime beside its K = 2 "
+                    "counterpart.", ""]
+  lines += ["Paired differences at the final epoch, interpolation error per "
+            "layer, mean [95% CI] (convergence: the table of claim (c)).", "",
+            "| layer | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
+            "|---|" + "---|" * len(pairs)]
+  lin = agg.data.linearity
+  final = lin[(lin["epoch"] == agg.data.final_epoch) &
+              (lin["metric"] == claims_lib.PRIMARY_METRIC)]
+  for layer in agg.data.layers:
+    cells = []
+    for a, b in pairs:
+      va = _values(final[(final["regime"] == a) & (final["layer"] == layer)],
+                   agg.data.seeds)
+      vb = _values(final[(final["regime"] == b) & (final["layer"] == layer)],
+                   agg.data.seeds)
+      cells.append(_interval(stats.paired_difference(va, vb)))
+    lines.append(f"| {display_layer(layer)} | " + " | ".join(cells) + " |")
+  lines.append("")
+  return lines
+
+
+def _rel(path: str) -> str:
+  rel = os.path.relpath(path)
+  return path if rel.startswith("..") else rel
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def write_claims(agg: Aggregate, title: str | None = None) -> list[str]:
+  title = title or os.path.basename(os.path.normpath(agg.data.out))
+  md = os.path.join(agg.data.out, "claims.md")
+  with open(md, "w") as f:
+    f.write(claims_markdown(agg, title))
+  js = os.path.join(agg.data.out, "claims.json")
+  with open(js, "w") as f:
+    json.dump(_jsonable({
+        "baseline": agg.baseline, "regimes": agg.data.regimes,
+        "seeds": agg.data.seeds, "final_epoch": agg.data.final_epoch,
+        "excluded_layers": agg.excluded,
+        "convergence_targets": agg.convergence_targets,
+        "verdicts": agg.verdicts}), f, indent=1, allow_nan=False)
+  return [md, js]
+
+
+def write_all(agg: Aggregate) -> list[str]:
+  from mixlin_jax.analysis import study_figures  # pylint: disable=import-outside-toplevel
+  paths = write_tables(agg) + write_claims(agg)
+  paths += study_figures.write_figures(agg, os.path.join(agg.data.out,
+                                                         "figures"))
+  return paths
+
+
+def aggregate_and_report(out: str, baseline: str | None = None,
+                         regimes: Sequence[str] | None = None,
+                         seeds: Sequence[int] | None = None,
+                         print_fn=print) -> Aggregate:
+  """:func:`aggregate`, write everything, print the verdicts and what is missing."""
+  agg = aggregate(out, baseline, regimes, seeds)
+  missing = [st for st in agg.data.statuses if not st.finished]
+  for st in missing:
+    print_fn(f"not aggregated: {st.spec.name} ({st.state})")
+  paths = write_all(agg)
+  print_fn(f"aggregated {len(agg.data.statuses) - len(missing)} finished runs "
+           f"of {out} (regimes {', '.join(agg.data.regimes)}; seeds "
+           f"{', '.join(map(str, agg.data.seeds))}); wrote {len(paths)} files")
+  for v in agg.verdicts:
+    print_fn(f"  claim ({v['claim']}) {v['regime']} vs {v['baseline']}: "
+             f"{v['verdict']}")
+  print_fn(f"  see {os.path.join(out, 'claims.md')}")
+  return agg
