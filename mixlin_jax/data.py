@@ -181,10 +181,10 @@ def load_arrays(
         f" '{SOURCE_EMBEDDED}' or a path ending in '{NPZ_SUFFIX}'"
     )
 
-  x_train, y_train = _balanced_prefix(
+  x_train, y_train = balanced_prefix(
       arrays.x_train, arrays.y_train, num_train, info.num_classes, "train"
   )
-  x_test, y_test = _balanced_prefix(
+  x_test, y_test = balanced_prefix(
       arrays.x_test, arrays.y_test, num_test, info.num_classes, "test"
   )
   _log.info(
@@ -438,7 +438,7 @@ def _read_records(
   return x[:end], y[:end]
 
 
-def _balanced_prefix(
+def balanced_prefix(
     x: np.ndarray, y: np.ndarray, n: int, num_classes: int, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
   """Keeps ``n`` examples taken round-robin over classes (0 = keep all).

@@ -498,7 +498,7 @@ def test_tfds_mocked_subset_stops_early(tmp_path, monkeypatch, no_network):
   np.testing.assert_array_equal(np.bincount(got.y_train), [5] * 10)
   np.testing.assert_array_equal(np.bincount(got.y_test), [2] * 10)
   # Same subset as taking the balanced prefix of the full split ...
-  x_ref, y_ref = data._balanced_prefix(a.x_train, a.y_train, 50, 10, "train")
+  x_ref, y_ref = data.balanced_prefix(a.x_train, a.y_train, 50, 10, "train")
   np.testing.assert_array_equal(got.x_train, x_ref)
   np.testing.assert_array_equal(got.y_train, y_ref)
   # ... without decoding the whole split.
