@@ -388,7 +388,7 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
   c = d.config
   lines = [f"# Claims: {title}", ""]
   lines += [
-      f"Study folder `{_rel(d.out)}`: config `{c.get('model.name')}` on "
+      f"Study `{os.path.basename(os.path.normpath(d.out))}`: config `{c.get('model.name')}` on "
       f"`{c.get('data.dataset')}` ({c.get('data.num_labels')} labels, "
       f"{c.get('train.epochs')} epochs, linearity on "
       f"{c.get('linearity.num_tuples')} {c.get('linearity.split')} tuples "
@@ -534,11 +534,6 @@ def _k_lines(agg: Aggregate) -> list[str]:
     lines.append(f"| {display_layer(layer)} | " + " | ".join(cells) + " |")
   lines.append("")
   return lines
-
-
-def _rel(path: str) -> str:
-  rel = os.path.relpath(path)
-  return path if rel.startswith("..") else rel
 
 
 def _jsonable(x):

@@ -1,0 +1,65 @@
+"""experiments/results.py: the README's Results section and the studies' tables are regenerated, and --check catches drift."""
+import os
+import subprocess
+import sys
+
+from mixlin_jax.analysis import results
+
+from test_study_stats import write_synthetic_study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "results.py")
+
+
+def _run(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_regenerate_then_check_then_detect_drift(tmp_path):
+  studies = tmp_path / "docs" / "studies"
+  write_synthetic_study(str(studies / "synthetic"))
+  readme = tmp_path / "README.md"
+  readme.write_text("# Title\n\n## Results\n\nHand-written text.\n\n"
+                    f"{results.BEGIN}\nold\n{results.END}\n\nAfter.\n")
+  args = (f"--studies={studies}", f"--readme={readme}")
+  proc = _run(*args)
+  assert proc.returncode == 0, proc.stderr
+  text = readme.read_text()
+  assert "Hand-written text." in text and "After." in text and "old" not in text
+  assert "| (a) | supmix2 | **supported** |" in text
+  assert "| (b) | mix2 | **contradicted** |" in text
+  assert "(docs/studies/synthetic/figures/paired_differences.png)" in text
+  assert (studies / "synthetic" / "tables" / "paired_differences.csv").exists()
+
+  ok = _run(*args, "--check")
+  assert ok.returncode == 0, ok.stdout + ok.stderr
+  assert "Up to date: 1 studies" in ok.stdout
+
+  readme.write_text(text.replace("**supported**", "**contradicted**", 1))
+  stale = _run(*args, "--check")
+  assert stale.returncode == 1
+  assert "stale" in stale.stdout and str(readme) in stale.stdout
+  readme.write_text(text)
+
+  table = studies / "synthetic" / "tables" / "accuracy.csv"
+  table.write_text(table.read_text().replace("0.8", "0.9", 1))
+  stale = _run(*args, "--check")
+  assert stale.returncode == 1 and str(table) in stale.stdout
+
+
+def test_missing_markers_is_a_clear_error(tmp_path):
+  studies = tmp_path / "studies"
+  write_synthetic_study(str(studies / "s"), regimes=("erm", "mix2"),
+                        seeds=(0, 1))
+  readme = tmp_path / "README.md"
+  readme.write_text("# no markers\n")
+  proc = _run(f"--studies={studies}", f"--readme={readme}")
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: the README has no results markers")
+
+
+def test_committed_results_are_up_to_date():
+  """The README's Results and every committed study table regenerate exactly."""
+  proc = _run("--check")
+  assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
