@@ -44,8 +44,9 @@ _METRICS = flags.DEFINE_list(
     "Linearity metrics to overlay (default: all of interp_error, "
     "relative_error, tangent_residual).")
 _LOSS_KEY = flags.DEFINE_string(
-    "loss_key", "train.supervised",
-    "Loss column (train.supervised, train.loss, test.student_loss, ...).")
+    "loss_key", None,
+    "Loss column (default labelled.student_loss, the clean labelled loss "
+    "comparable across regimes; or train.supervised, test.student_loss, ...).")
 
 
 def _default_out(workdirs):

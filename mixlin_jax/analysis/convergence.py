@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Mapping, Sequence
 
 from mixlin_jax.analysis.tables import is_finite_number
+
+log = logging.getLogger(__name__)
+
+# The clean labelled cross-entropy (no augmentation, no mixing, inference
+# mode), logged every epoch for every regime: the one loss comparable
+# across regimes.  Runs logged before it existed fall back to the
+# supervised training term.
+CLEAN_LOSS_KEY = "labelled.student_loss"
+FALLBACK_LOSS_KEY = "train.supervised"
 
 
 def convergence_table(rows: Sequence[Mapping], *,
@@ -13,7 +23,7 @@ def convergence_table(rows: Sequence[Mapping], *,
                       target_loss: float | None = None,
                       fraction: float = 0.9,
                       accuracy_key: str = "test.student_accuracy",
-                      loss_key: str = "train.supervised") -> list[dict]:
+                      loss_key: str | None = None) -> list[dict]:
   """Epochs each run needs to reach a test accuracy and a train loss.
 
   Args:
@@ -22,10 +32,11 @@ def convergence_table(rows: Sequence[Mapping], *,
       the runs (so the best run reaches it by construction).
     target_loss: default the lowest final loss among the runs / ``fraction``.
     accuracy_key, loss_key: columns of :func:`metrics_rows`.  The default
-      loss is the supervised term, the cross-entropy on labelled images for
-      ERM and unsupervised mixup alike (``train.loss`` adds the weighted
-      consistency term for the latter); for supervised mixup it is measured
-      on mixed inputs and targets, so compare those runs' loss with care.
+      loss is ``labelled.student_loss``, the clean cross-entropy on the
+      labelled images measured the same way for every regime (each
+      regime's own training loss is not comparable: supervised mixup's is
+      on mixed targets, unsupervised mixup's adds a consistency term).  For
+      runs that did not log it, ``train.supervised`` with a warning.
 
   Returns:
     One row per run: ``run, final_epoch, final_accuracy, best_accuracy,
@@ -34,6 +45,13 @@ def convergence_table(rows: Sequence[Mapping], *,
     accuracy_key, loss_key``; an ``epochs_to_*`` of None means never
     reached.
   """
+  if loss_key is None:
+    loss_key = CLEAN_LOSS_KEY
+    if not any(CLEAN_LOSS_KEY in r for r in rows):
+      loss_key = FALLBACK_LOSS_KEY
+      log.warning("these runs did not log %s; the loss column is %s, which "
+                  "is not comparable across regimes for supervised mixup.",
+                  CLEAN_LOSS_KEY, FALLBACK_LOSS_KEY)
   runs = list(dict.fromkeys(r["run"] for r in rows))
   series = {}
   for run in runs:

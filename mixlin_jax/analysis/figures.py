@@ -47,6 +47,21 @@ def regime_color(regime: str):
 _LOG_SPAN = 100.0  # a log axis when the positive values span >= 2 decades
 
 
+def run_colors(runs: Sequence[str]) -> dict:
+  """One colour per run for every figure of a comparison: a run named after
+  a regime gets the regime's colour, the others tab10 colours in order."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  palette = matplotlib.colormaps["tab10"]
+  out, i = {}, 0
+  for run in runs:
+    if run in REGIME_COLORS:
+      out[run] = REGIME_COLORS[run]
+    else:
+      out[run] = palette(i % 10)
+      i += 1
+  return out
+
+
 def new_figure(nrows: int, ncols: int, width: float, height: float):
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   fig = Figure(figsize=(width, height), layout="constrained")
@@ -224,8 +239,12 @@ def plot_layer_profiles(rows: Sequence[Mapping], path: str, *,
 
 
 def plot_training_curves(rows: Sequence[Mapping], path: str, *,
-                         title: str | None = None) -> str:
+                         title: str | None = None,
+                         colors: Mapping[str, object] | None = None) -> str:
   """Test accuracy (student solid, EMA teacher dashed) and losses by epoch.
+
+  ``colors`` maps run names to colours (default :func:`run_colors`); pass
+  the same mapping to every figure of a comparison.
 
   ``rows`` from :func:`metrics_rows`, one or several runs (colour = run).
   Loss panel: train loss (solid; includes the weighted consistency term
@@ -234,16 +253,19 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
   """
   from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
   runs = list(dict.fromkeys(r["run"] for r in rows))
-  colors = _colors(len(runs))
+  by_run = dict(run_colors(runs), **(colors or {}))
+  colors = [by_run[r] for r in runs]
   fig, axes = new_figure(1, 2, 10.5, 4.3)
   ax_acc, ax_loss = axes[0]
   styles = {"test.student_accuracy": "-", "test.teacher_accuracy": "--",
             "train.loss": "-", "train.supervised": ":",
+            "labelled.student_loss": "-.",
             "test.student_loss": "--"}
   names = {"test.student_accuracy": "student (test)",
            "test.teacher_accuracy": "EMA teacher (test)",
            "train.loss": "train loss (total)",
            "train.supervised": "train loss (supervised term)",
+           "labelled.student_loss": "clean labelled loss",
            "test.student_loss": "test loss (student)"}
   used = set()
   for color, run in zip(colors, runs):
@@ -254,7 +276,8 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
       if any(is_finite_number(v) for v in y):
         ax_acc.plot(x, y, styles[key], color=color, marker=".")
         used.add(key)
-    for key in ("train.loss", "train.supervised", "test.student_loss"):
+    for key in ("train.loss", "train.supervised", "labelled.student_loss",
+                "test.student_loss"):
       y = [r.get(key, np.nan) for r in rr]
       if key == "train.supervised" and all(
           is_finite_number(a) and is_finite_number(b) and abs(a - b) < 1e-9
@@ -268,6 +291,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
   for ax, keys in ((ax_acc, ("test.student_accuracy",
                              "test.teacher_accuracy")),
                    (ax_loss, ("train.loss", "train.supervised",
+                              "labelled.student_loss",
                               "test.student_loss"))):
     style_handles = [Line2D([], [], color="0.3", ls=styles[k],
                             label=names[k]) for k in keys if k in used]
@@ -290,7 +314,8 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, *,
 def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
                      metric: str = "interp_error",
                      runs: Sequence[str] | None = None,
-                     ncols: int | None = None) -> str:
+                     ncols: int | None = None,
+                     colors: Mapping[str, object] | None = None) -> str:
   """Small multiples: one panel per layer, x = epoch, one line per run."""
   avg = [r for r in average_over_weights(rows) if r["metric"] == metric]
   if not avg:
@@ -300,7 +325,8 @@ def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
   ncols = ncols or min(len(layers), 3 if len(layers) <= 6 else 4)
   nrows = math.ceil(len(layers) / ncols)
   fig, axes = new_figure(nrows, ncols, 3.5 * ncols, 2.7 * nrows + 0.6)
-  colors = _colors(len(runs))
+  by_run = dict(run_colors(runs), **(colors or {}))
+  colors = [by_run[r] for r in runs]
   table = _table(avg, metric)
   handles = []
   for idx, layer in enumerate(layers):
@@ -338,13 +364,15 @@ def plot_run_overlay(rows: Sequence[Mapping], path: str, *,
 def plot_final_profiles(rows: Sequence[Mapping], path: str, *,
                         runs: Sequence[str] | None = None,
                         metrics: Sequence[str] = METRICS,
-                        epoch: int | None = None) -> str:
+                        epoch: int | None = None,
+                        colors: Mapping[str, object] | None = None) -> str:
   """Per-layer profile at each run's final epoch (or ``epoch``), one line per run."""
   avg = average_over_weights(rows)
   metrics = metrics_present(avg, metrics)
   runs = list(runs or dict.fromkeys(r["run"] for r in avg))
   layers = layer_order(r["layer"] for r in avg)
-  colors = _colors(len(runs))
+  by_run = dict(run_colors(runs), **(colors or {}))
+  colors = [by_run[r] for r in runs]
   last = {run: max((r["epoch"] for r in avg if r["run"] == run), default=None)
           for run in runs}
   shared = epoch if epoch is not None else (

@@ -10,7 +10,7 @@ from typing import Sequence
 from mixlin_jax import workdir as workdir_lib
 from mixlin_jax.analysis.figures import (
     plot_final_profiles, plot_heatmaps, plot_layer_profiles, plot_run_overlay,
-    plot_training_curves)
+    plot_training_curves, run_colors)
 from mixlin_jax.analysis.convergence import convergence_table
 from mixlin_jax.analysis.errors import AnalysisError
 from mixlin_jax.analysis.recompute import analyze_workdir
@@ -84,7 +84,7 @@ def compare_runs(workdirs: Sequence[str], out_dir: str, *,
                  target_loss: float | None = None,
                  fraction: float = 0.9,
                  accuracy_key: str = "test.student_accuracy",
-                 loss_key: str = "train.supervised",
+                 loss_key: str | None = None,
                  metrics: Sequence[str] = METRICS,
                  analysis_subdir: str = ANALYSIS_SUBDIR) -> dict:
   """Overlays several runs from their logs (and analysis tables, if any).
@@ -126,11 +126,12 @@ def compare_runs(workdirs: Sequence[str], out_dir: str, *,
 
   os.makedirs(out_dir, exist_ok=True)
   figures, tables = [], []
+  colors = run_colors(names)  # one colour per run in every figure
   curves = [r for n, w in zip(names, workdirs) for r in metrics_rows(w, n)]
   if curves:
     figures.append(plot_training_curves(
         curves, os.path.join(out_dir, "training_curves.png"),
-        title="training curves: " + " vs ".join(names)))
+        title="training curves: " + " vs ".join(names), colors=colors))
 
   sources = {"logged": [r for n, w in zip(names, workdirs)
                         for r in logged_linearity_rows(w, n)]}
@@ -143,6 +144,12 @@ def compare_runs(workdirs: Sequence[str], out_dir: str, *,
         analysed.append(r)
   if analysed:
     sources["analysis"] = analysed
+    with_analysis = sorted({r["run"] for r in analysed}, key=names.index)
+    if len(with_analysis) < len(names):
+      log.warning(
+          "only %s have an %s/ table; the analysis_* figures show those runs "
+          "alone (run experiments/analyze.py on the others to include them).",
+          ", ".join(with_analysis), analysis_subdir)
   for prefix, rows in sources.items():
     if not rows:
       continue
@@ -152,10 +159,10 @@ def compare_runs(workdirs: Sequence[str], out_dir: str, *,
     for metric in present:
       figures.append(plot_run_overlay(
           rows, os.path.join(out_dir, f"{prefix}_{metric}_by_layer.png"),
-          metric=metric, runs=run_order))
+          metric=metric, runs=run_order, colors=colors))
     figures.append(plot_final_profiles(
         rows, os.path.join(out_dir, f"{prefix}_final_profiles.png"),
-        runs=run_order, metrics=present))
+        runs=run_order, metrics=present, colors=colors))
 
   conv = convergence_table(curves, target_accuracy=target_accuracy,
                            target_loss=target_loss, fraction=fraction,

@@ -34,8 +34,8 @@ TABLE_NAME = "linearity"
 # Accuracy and loss columns of metrics_rows() used by the figures and the
 # convergence table.
 ACCURACY_KEYS = ("test.student_accuracy", "test.teacher_accuracy")
-LOSS_KEYS = ("train.loss", "train.supervised", "test.student_loss",
-             "test.teacher_loss")
+LOSS_KEYS = ("train.loss", "train.supervised", "labelled.student_loss",
+             "test.student_loss", "test.teacher_loss")
 
 
 def epoch_ranges(values: Iterable[int]) -> str:
@@ -128,7 +128,10 @@ def metrics_rows(workdir: str, run: str | None = None) -> list[dict]:
   nested groups flattened with a dot: ``train.loss``, ``train.supervised``,
   ``train.consistency``, ``train.consistency_weight``,
   ``train.train_accuracy``, ``test.student_accuracy``, ``test.student_loss``,
-  ``test.teacher_accuracy``, ``test.teacher_loss``, ``seconds.train``,
+  ``test.teacher_accuracy``, ``test.teacher_loss``,
+  ``labelled.student_accuracy``, ``labelled.student_loss`` (clean: no
+  augmentation or mixing, inference mode; runs since it was added),
+  ``seconds.train``,
   ``seconds.eval``, ``seconds.linearity``.
   """
   run = run or default_run_name(workdir)
@@ -138,7 +141,7 @@ def metrics_rows(workdir: str, run: str | None = None) -> list[dict]:
     for key in ("step", "learning_rate", "images_per_second"):
       if key in r:
         row[key] = r[key]
-    for group in ("train", "test", "seconds"):
+    for group in ("train", "test", "labelled", "seconds"):
       for key, value in (r.get(group) or {}).items():
         row[f"{group}.{key}"] = value
     rows.append(row)
