@@ -524,6 +524,8 @@ def _k_lines(agg: Aggregate) -> list[str]:
   final = lin[(lin["epoch"] == agg.data.final_epoch) &
               (lin["metric"] == claims_lib.PRIMARY_METRIC)]
   for layer in agg.data.layers:
+    if layer in agg.excluded:
+      continue
     cells = []
     for a, b in pairs:
       va = _values(final[(final["regime"] == a) & (final["layer"] == layer)],
