@@ -19,6 +19,12 @@ schedule; everything else is the base config.
 
 The same config with its ':erm', ':supmix2', ':mix2', ':mix3' variants is
 what ``study.py`` runs; any other regime name works too.
+
+The committed study (docs/studies/cifar10_cpu) ran on a JPEG re-encoding
+of CIFAR-10 (the original labels and splits; per-channel mean and std
+within about 0.001 of the original's), decoded into the array file; the
+pixels differ slightly from the original archive's, which
+``experiments/make_array_file.py`` reads.
 """
 
 from mixlin_jax import config as config_lib
