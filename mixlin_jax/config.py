@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from typing import Any, Iterable
 
 import ml_collections
@@ -30,6 +31,11 @@ MIXUP_MODES = ("none", "supervised", "unsupervised")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 NAMED_SOURCES = ("tfds", "embedded")
 LINEARITY_SPLITS = ("test", "train")
+# Mixup mixes K >= 2 points (one point would be no mixing at all): the one
+# rule behind mixup.num_points, the supmixK/mixK variant names and the README.
+MIN_MIX_POINTS = 2
+VARIANTS = ("smoke, erm, supmixK, mixK "
+            f"(K an integer >= {MIN_MIX_POINTS}, the points mixed)")
 
 # Fields that do not change what a run computes; a workdir may be resumed
 # with different values for these.
@@ -130,9 +136,9 @@ _REGIME = re.compile(r"^(erm|supmix(\d+)|mix(\d+))$")
 def check_regime_name(regime: str) -> re.Match:
   """Raises ConfigError unless ``regime`` is erm, supmixK or mixK."""
   m = _REGIME.match(regime)
-  if not m:
-    raise ConfigError("--config variant", regime,
-                      "one of smoke, erm, supmixK, mixK (K an integer >= 1)")
+  k = m and (m.group(2) or m.group(3))
+  if not m or (k and int(k) < MIN_MIX_POINTS):
+    raise ConfigError("--config variant", regime, f"one of {VARIANTS}")
   return m
 
 
@@ -297,17 +303,23 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
   _require(c.train.warmup_epochs <= c.train.epochs, "train.warmup_epochs",
            c.train.warmup_epochs, f"at most train.epochs = {c.train.epochs}")
 
-  k = c.mixup.num_points
-  _require(isinstance(k, int) and k >= 1, "mixup.num_points", k,
-           "an integer >= 1")
-  mixed_batch = (c.train.unlabelled_batch_size
-                 if c.mixup.mode == "unsupervised" else c.train.batch_size)
-  _require(k <= mixed_batch, "mixup.num_points", k,
-           f"at most the batch it mixes ({mixed_batch})")
   if c.mixup.mode == "unsupervised":
+    # Checked before num_points, which must fit in this batch: a bad batch
+    # size is named as such.
     ub = c.train.unlabelled_batch_size
     _require(isinstance(ub, int) and ub >= 1, "train.unlabelled_batch_size",
              ub, "an integer >= 1")
+  k = c.mixup.num_points
+  _require(isinstance(k, int) and k >= MIN_MIX_POINTS, "mixup.num_points", k,
+           f"an integer >= {MIN_MIX_POINTS} (mixup mixes K >= "
+           f"{MIN_MIX_POINTS} points)")
+  mixed_batch = (c.train.unlabelled_batch_size
+                 if c.mixup.mode == "unsupervised" else c.train.batch_size)
+  field = ("train.unlabelled_batch_size" if c.mixup.mode == "unsupervised"
+           else "train.batch_size")
+  _require(k <= mixed_batch, "mixup.num_points", k,
+           f"at most the batch it mixes ({field} = {mixed_batch})")
+  if c.mixup.mode == "unsupervised":
     _require(c.data.num_labels < available, "data.num_labels",
              c.data.num_labels,
              "fewer than the training images: mode 'unsupervised' needs "
@@ -340,18 +352,43 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
 
 
 def _check_writable(workdir: str) -> None:
+  """Raises ConfigError unless ``workdir`` is (or can be made) a writable folder.
+
+  Permission bits are not enough (root passes them everywhere, and /proc or
+  a read-only mount refuse anyway), so the check does what a run will do:
+  it creates the missing folders and a file in the deepest one, then
+  removes everything it created.
+  """
   path = os.path.abspath(workdir)
+  missing = []
   probe = path
-  while not os.path.exists(probe):
+  while not os.path.lexists(probe):
+    missing.append(probe)
     parent = os.path.dirname(probe)
     if parent == probe:
       break
     probe = parent
-  ok = os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
-  if not ok:
+  if not os.path.isdir(probe):
     raise ConfigError("--workdir", workdir,
-                      f"a writable directory ({probe!r} is not writable "
-                      "or not a directory)")
+                      f"a directory ({probe!r} is not a directory)")
+  created = []
+  try:
+    for folder in reversed(missing):
+      os.mkdir(folder)
+      created.append(folder)
+    with tempfile.TemporaryFile(dir=path, prefix=".mixlin-probe-"):
+      pass
+  except OSError as e:
+    raise ConfigError(
+        "--workdir", workdir,
+        f"a directory this process can create and write to ({e.strerror}: "
+        f"{e.filename or path!r})") from None
+  finally:
+    for folder in reversed(created):
+      try:
+        os.rmdir(folder)
+      except OSError:
+        pass
 
 
 def dataset_config(dataset: str, regime: str) -> ml_collections.ConfigDict:
