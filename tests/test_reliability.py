@@ -9,6 +9,7 @@ devices, so the same compiled programs run in both. A persistent JAX
 compilation cache in pytest's cache folder keeps the many short runs cheap.
 """
 
+import gc
 import glob
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import time
 
 import jax
@@ -383,6 +385,38 @@ def test_read_only_reader_reports_damage_without_touching_it(reference,
   finally:
     ckpts.close()
   assert sorted(os.listdir(ckpt_dir)) == [str(e) for e in range(1, EPOCHS + 1)]
+
+
+def test_failed_restores_leave_no_noise_behind(reference, tmp_path, caplog,
+                                              monkeypatch):
+  """Orbax's abandoned reads are waited out inside the restore.
+
+  A failed restore leaves TensorStore reads running on other threads; each
+  used to print a page of internals (``Exception ignored in: <coroutine>``)
+  whenever it was freed, at random times after the restore returned. Nothing
+  may reach Python's hooks or asyncio's log afterwards, and opening a
+  checkpoint read-only is not worth a warning.
+  """
+  workdir = copy_run(reference, tmp_path)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  DAMAGE["all array files truncated"](os.path.join(ckpt_dir, str(EPOCHS)))
+  leaked = []
+  monkeypatch.setattr(sys, "unraisablehook", leaked.append)
+  caplog.set_level(logging.INFO)
+  ckpts = ckpt_lib.Checkpoints(ckpt_dir, read_only=True)
+  try:
+    for attempt in range(4):
+      with pytest.raises(ckpt_lib.CheckpointReadError, match="unreadable"):
+        ckpts.restore(EPOCHS, reference["states"][1])
+      time.sleep(0.2)  # the reads of the old code finished about now
+      gc.collect()
+      assert not leaked, (attempt, [repr(u.object) for u in leaked][:3])
+      assert sys.unraisablehook == leaked.append  # put back as it was
+  finally:
+    ckpts.close()
+  noise = [r.getMessage()[:200] for r in caplog.records
+           if r.name == "asyncio" or "read only" in r.getMessage()]
+  assert not noise
 
 
 # ---------------------------------------------------------------------------
