@@ -13,6 +13,7 @@ names the field, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tempfile
@@ -352,7 +353,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
 
 
 def _check_writable(workdir: str) -> None:
-  """Raises ConfigError unless ``workdir`` is (or can be made) a writable folder.
+  """Raises ConfigError unless ``workdir`` is (or can become) a writable folder.
 
   Permission bits are not enough (root passes them everywhere, and /proc or
   a read-only mount refuse anyway), so the check does what a run will do:
@@ -389,6 +390,63 @@ def _check_writable(workdir: str) -> None:
         os.rmdir(folder)
       except OSError:
         pass
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``path[:variants]``, loaded as ``--config=spec`` loads it.
+
+  Each way a config file can fail gets one ConfigError naming the file and
+  the problem (ml_collections' own loader answers some of them with a
+  traceback or a misleading message): the file is missing or not a file,
+  has a syntax error, raises while loading, defines no ``get_config``, or
+  its ``get_config`` returns no config. An unknown variant raises the
+  ConfigError of :func:`finalize`.
+  """
+  path, has_arg, arg = spec.partition(":")
+  where = "--config"
+  if not os.path.exists(path):
+    raise ConfigError(f"{where}: {path} does not exist")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{where}: {path} is not a file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      source = f.read()
+    code = compile(source, path, "exec")
+  except SyntaxError as e:
+    raise ConfigError(f"{where}: {path} has a syntax error at line "
+                      f"{e.lineno}: {e.msg}") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{where}: {path} cannot be read: {e}") from None
+  module_spec = importlib.util.spec_from_file_location("mixlin_config_file",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    exec(code, module.__dict__)  # pylint: disable=exec-used
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{where}: {path} raised {type(e).__name__} while "
+                      f"loading: {e}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"{where}: {path} defines no get_config() function "
+                      "(a config file defines get_config(arg=None) and "
+                      "returns the config; see configs/default.py)")
+  try:
+    config = get_config(arg) if has_arg else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{where}: {path}: get_config() raised "
+                      f"{type(e).__name__}: {e}") from None
+  if config is None:
+    raise ConfigError(f"{where}: {path}: get_config() returned None (a "
+                      "missing return statement?)")
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{where}: {path}: get_config() returned a "
+                      f"{type(config).__name__}, not an "
+                      "ml_collections.ConfigDict")
+  return config
 
 
 def dataset_config(dataset: str, regime: str) -> ml_collections.ConfigDict:

@@ -1,0 +1,129 @@
+"""The entry points as a user (or a batch job) meets them: exit statuses,
+one-line errors, help, log format.
+
+Every check runs the real scripts as subprocesses; those that stop before
+any JAX work (flag and config-file errors, help) take well under a second
+each.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+
+import helpers
+from mixlin_jax import config as config_lib
+
+EXPERIMENTS = os.path.join(helpers.ROOT, "experiments")
+ANALYZE_PY = os.path.join(EXPERIMENTS, "analyze.py")
+COMPARE_PY = os.path.join(EXPERIMENTS, "compare.py")
+# absl's detailed log prefix, e.g. "I1129 06:06:36.236274 1396872 data.py:190]".
+ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]",
+                         re.M)
+
+
+def _run(script, args, *, env=None, timeout=120, **kwargs):
+  return subprocess.run([sys.executable, script] + list(args),
+                        env=env or helpers.subprocess_env(one_device=True),
+                        capture_output=True, text=True, timeout=timeout,
+                        cwd=helpers.ROOT, **kwargs)
+
+
+def _assert_one_error_line(proc, *fragments, status=2):
+  context = (f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n"
+             f"stderr:\n{proc.stderr}")
+  assert proc.returncode == status, context
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), context
+  for fragment in fragments:
+    assert fragment in lines[0], context
+
+
+# ---------------------------------------------------------------------------
+# Errors before any work: one line, status 2
+
+
+def test_config_file_problems_name_the_file_and_the_problem(tmp_path):
+  files = {
+      "syntax.py": "def get_config(arg=None)\n  return None\n",
+      "no_get_config.py": "X = 1\n",
+      "returns_none.py": "def get_config(arg=None):\n  pass\n",
+      "raises.py": "import no_such_module_here\n",
+  }
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  cases = [
+      (tmp_path / "nope.py", ["nope.py", "does not exist"]),
+      (tmp_path, [str(tmp_path), "is not a file"]),
+      (tmp_path / "syntax.py", ["syntax.py", "syntax error at line 1"]),
+      (tmp_path / "no_get_config.py", ["no_get_config.py",
+                                       "defines no get_config()"]),
+      (tmp_path / "returns_none.py", ["returns_none.py",
+                                      "get_config() returned None"]),
+      (tmp_path / "raises.py", ["raises.py", "ModuleNotFoundError"]),
+      (f"{helpers.DEFAULT_CONFIG}:mix1", ["'mix1'", "K an integer >= 2"]),
+  ]
+  for config, fragments in cases:
+    workdir = tmp_path / "never"
+    proc = _run(helpers.RUN_PY, [f"--config={config}", f"--workdir={workdir}"])
+    _assert_one_error_line(proc, *fragments)
+    assert not workdir.exists()
+
+
+def test_usage_errors_of_every_entry_point(tmp_path):
+  cases = [
+      (helpers.RUN_PY, [], ["--config is required"]),
+      (helpers.RUN_PY, [f"--config={helpers.DEFAULT_CONFIG}", "extra"],
+       ["unexpected arguments: extra"]),
+      (helpers.RUN_PY, ["--no_such_flag"], ["no_such_flag"]),
+      (ANALYZE_PY, [f"--workdir={tmp_path}", "--epochs=7,abc"],
+       ["--epochs must be comma-separated integers, got 7,abc"]),
+      (ANALYZE_PY, [], ["--workdir is required"]),
+      (ANALYZE_PY, [f"--workdir={tmp_path}", "--split=val"], ["--split"]),
+      (COMPARE_PY, [], ["give one or more workdirs"]),
+      (COMPARE_PY, [str(tmp_path / "nope")], ["nope"]),  # analysis's error
+  ]
+  for script, args, fragments in cases:
+    _assert_one_error_line(_run(script, args), *fragments)
+
+
+def test_help_exits_0_and_says_where_the_config_is_documented():
+  proc = _run(helpers.RUN_PY, ["--help"])
+  assert proc.returncode == 0, proc.stderr
+  text = " ".join(proc.stdout.split())
+  assert config_lib.VARIANTS in text
+  assert "base_config() of mixlin_jax/config.py" in text
+  assert "--config.SECTION.FIELD=VALUE" in text and "--workdir" in text
+  for script in (ANALYZE_PY, COMPARE_PY):
+    proc = _run(script, ["--help"])
+    assert proc.returncode == 0 and "Exit status" in proc.stdout, proc.stderr
+
+
+_LOGGING_PROBE = textwrap.dedent("""
+    import logging
+    from absl import app
+    from mixlin_jax import cli
+
+    def main(argv):
+      cli.setup_logging()
+      log = logging.getLogger("mixlin_jax.probe")
+      log.info("a note")
+      log.warning("a warning")
+      logging.getLogger("some_library").info("library chatter")
+
+    app.run(main)
+""")
+
+
+def test_plain_log_lines_unless_verbosity_asks_for_details(tmp_path):
+  probe = tmp_path / "probe.py"
+  probe.write_text(_LOGGING_PROBE)
+  plain = _run(str(probe), [])
+  assert plain.returncode == 0, plain.stderr
+  assert plain.stderr.splitlines() == ["a note", "warning: a warning"]
+  detailed = _run(str(probe), ["--verbosity=0"])
+  assert detailed.returncode == 0, detailed.stderr
+  assert len(ABSL_PREFIX.findall(detailed.stderr)) == 3, detailed.stderr
+  assert "library chatter" in detailed.stderr
