@@ -1,11 +1,12 @@
 """The entry points as a user (or a batch job) meets them: exit statuses,
-one-line errors, help, log format.
+one-line errors, help, clean logs.
 
-Every check runs the real scripts as subprocesses; those that stop before
+Every check runs the real scripts as subprocesses. Those that stop before
 any JAX work (flag and config-file errors, help) take well under a second
-each.
+each; the few that train use the tiny config of ``helpers`` for 2 epochs.
 """
 
+import glob
 import os
 import re
 import subprocess
@@ -127,3 +128,45 @@ def test_plain_log_lines_unless_verbosity_asks_for_details(tmp_path):
   assert detailed.returncode == 0, detailed.stderr
   assert len(ABSL_PREFIX.findall(detailed.stderr)) == 3, detailed.stderr
   assert "library chatter" in detailed.stderr
+
+
+# ---------------------------------------------------------------------------
+# A batch job's log, and analysis of a damaged run
+
+
+def test_batch_log_is_one_line_per_epoch_and_analysis_only_warns(tmp_path):
+  """``run.py ... > log 2>&1`` (bar on by default), then analyze.py."""
+  workdir = str(tmp_path / "run")
+  log_path = tmp_path / "log"
+  with open(log_path, "w") as log:
+    proc = subprocess.run(
+        [sys.executable, helpers.RUN_PY] + helpers.tiny_flags(
+            train__epochs=2) + [f"--workdir={workdir}"],
+        env=helpers.subprocess_env(one_device=True), stdout=log,
+        stderr=subprocess.STDOUT, timeout=300, cwd=helpers.ROOT)
+  text = log_path.read_text()
+  assert proc.returncode == 0, text
+  assert "\r" not in text  # no progress-bar frames in a file
+  assert not ABSL_PREFIX.search(text), text
+  lines = text.splitlines()
+  assert [l.split(":")[0] for l in lines if l.startswith("epoch ")] == [
+      "epoch 1", "epoch 2"], text
+  assert lines[-1].startswith("Done: 2 epochs"), text
+  assert len(lines) == 4, text  # + "Loaded digits ..."
+
+  # The newest checkpoint truncated: analysis skips it with one warning and
+  # prints nothing else on stderr (no Orbax internals, no read-only notice).
+  state = os.path.join(workdir, "checkpoints", "2", "state")
+  largest = max((p for p in glob.glob(state + "/**", recursive=True)
+                 if os.path.isfile(p)), key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  proc = _run(ANALYZE_PY, [f"--workdir={workdir}", f"--out={tmp_path / 'a'}"],
+              timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "Skipped epochs (see warnings): 2" in proc.stdout
+  warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning: ")]
+  assert len(warnings) == 1, proc.stderr
+  assert "checkpoint of epoch 2 is unreadable and was skipped" in warnings[0]
+  others = [l for l in proc.stderr.splitlines()
+            if l not in warnings and not l.startswith("Loaded digits")]
+  assert not others, proc.stderr

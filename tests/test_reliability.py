@@ -452,7 +452,10 @@ def test_config_json_records_config_versions_and_allowed_changes(tmp_path):
     assert recorded["versions"][name], name
   assert "config_changes" not in recorded
 
-  # A result-neutral field may change freely; a result field needs the flag.
+  # Once an epoch is complete, a result-neutral field may change freely; a
+  # result field needs the flag.
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE), "w") as f:
+    f.write(json.dumps({"epoch": 1}) + "\n")
   workdir_lib.prepare(workdir, helpers.tiny_config(train__log_every_steps=3))
   changed = helpers.tiny_config(train__learning_rate=0.1)
   with pytest.raises(workdir_lib.WorkdirMismatchError,
@@ -469,6 +472,8 @@ def test_config_json_records_config_versions_and_allowed_changes(tmp_path):
 def test_unreadable_config_json_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
   workdir_lib.prepare(workdir, helpers.tiny_config())
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE), "w") as f:
+    f.write(json.dumps({"epoch": 1}) + "\n")  # an epoch was completed
   path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   _truncate(path)
   with pytest.raises(workdir_lib.WorkdirMismatchError, match="unreadable"):
@@ -509,6 +514,40 @@ def test_divergence_stops_with_epoch_step_and_last_good_checkpoint(
   assert "last good checkpoint: epoch 2" in message
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
   assert [r["epoch"] for r in helpers.read_records(workdir)] == [1, 2]
+
+
+def _visible_line(text):
+  """What a terminal shows on the cursor's line after ``text`` (\r rewinds)."""
+  line = ""
+  for segment in text.rsplit("\n", 1)[-1].split("\r"):
+    line = segment + line[len(segment):]
+  return line
+
+
+def test_first_epoch_divergence_clears_the_bar_and_a_retry_may_follow(
+    tmp_path, capsys, jax_cache):
+  """No checkpoint to name; the bar is gone; the lower rate reruns in place."""
+  del jax_cache
+  workdir = str(tmp_path / "w")
+  with pytest.raises(train.NonFiniteError) as e:
+    train.train_and_evaluate(helpers.tiny_config(train__learning_rate=1e6),
+                             workdir, progress=True)
+  message = str(e.value)
+  assert "in epoch 1 at step" in message
+  assert "no checkpoint was saved" in message and "None" not in message
+  err = capsys.readouterr().err
+  assert "epoch 1/" in err  # the bar was drawn ...
+  assert not _visible_line(err).strip()  # ... and cleared before the error
+
+  # The obvious retry: same workdir, lower learning rate. With the bar off
+  # the epoch line still prints.
+  records = train.train_and_evaluate(helpers.tiny_config(train__epochs=1),
+                                     workdir, progress=False)
+  assert [r["epoch"] for r in records] == [1]
+  captured = capsys.readouterr()
+  assert [l for l in captured.out.splitlines() if l.startswith("epoch ")] == [
+      train.format_epoch_summary(records[0])]
+  assert "\r" not in captured.out + captured.err
 
 
 def test_non_finite_state_is_never_saved(reference, tmp_path):
