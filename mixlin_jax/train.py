@@ -96,6 +96,23 @@ class NonFiniteError(FloatingPointError):
                    " or check the data.")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training, after the checkpoint being written was finished.
+
+  A ``KeyboardInterrupt`` (a notebook stops as usual); its message says
+  where a rerun resumes. ``resume_epoch`` is the newest saved epoch (None:
+  none was saved).
+  """
+
+  def __init__(self, resume_epoch: int | None):
+    self.resume_epoch = resume_epoch
+    super().__init__(
+        "interrupted; rerun the same command to resume from epoch "
+        f"{resume_epoch}" if resume_epoch is not None else
+        "interrupted before any epoch was saved; rerun the same command to "
+        "start again")
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training (and nothing static).
@@ -531,6 +548,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     NonFiniteError: training diverged; says which checkpoint is the last good
       one (the diverged state is never saved).
+    TrainingInterrupted: Ctrl-C; the checkpoint being written was finished
+      first (unless interrupted again), and the message says where a rerun
+      resumes.
   """
   mesh = parallel.make_mesh()
   config_lib.validate(config, device_count=mesh.size, workdir=workdir)
@@ -573,6 +593,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.wait()  # a save in flight is a good checkpoint
     raise e.with_checkpoint(checkpoints.latest_epoch(),
                             checkpoints.directory) from None
+  except KeyboardInterrupt:
+    # Finish the save in flight (the epoch before is complete and good). A
+    # second Ctrl-C abandons it: Orbax commits by renaming a finished
+    # temporary folder, and the next start deletes an unfinished one.
+    checkpoints.wait()
+    raise TrainingInterrupted(checkpoints.latest_epoch()) from None
   finally:
     checkpoints.close()
   return records

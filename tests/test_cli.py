@@ -1,5 +1,5 @@
 """The entry points as a user (or a batch job) meets them: exit statuses,
-one-line errors, help, clean logs.
+one-line errors, help, clean logs, Ctrl-C.
 
 Every check runs the real scripts as subprocesses. Those that stop before
 any JAX work (flag and config-file errors, help) take well under a second
@@ -9,9 +9,12 @@ each; the few that train use the tiny config of ``helpers`` for 2 epochs.
 import glob
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 
 import helpers
@@ -170,3 +173,43 @@ def test_batch_log_is_one_line_per_epoch_and_analysis_only_warns(tmp_path):
   others = [l for l in proc.stderr.splitlines()
             if l not in warnings and not l.startswith("Loaded digits")]
   assert not others, proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_ctrl_c_prints_one_line_finishes_the_save_and_exits_130(tmp_path):
+  workdir = str(tmp_path / "run")
+  out_path, err_path = tmp_path / "out", tmp_path / "err"
+  with open(out_path, "w") as out, open(err_path, "w") as err:
+    proc = subprocess.Popen(
+        [sys.executable, helpers.RUN_PY] + helpers.tiny_flags(
+            train__epochs=200) + [f"--workdir={workdir}"],
+        env=helpers.subprocess_env(one_device=True), stdout=out, stderr=err,
+        cwd=helpers.ROOT)
+  try:
+    deadline = time.monotonic() + 300
+    while "epoch 1:" not in out_path.read_text():
+      assert proc.poll() is None, err_path.read_text()
+      assert time.monotonic() < deadline, "no epoch line in time"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  stderr = err_path.read_text()
+  assert proc.returncode == 130, stderr
+  lines = stderr.strip().splitlines()
+  assert lines[-1].startswith(
+      "interrupted; rerun the same command to resume from epoch "), stderr
+  assert "Traceback" not in stderr and len(lines) == 2, stderr  # + "Loaded"
+  epoch = int(lines[-1].rsplit(" ", 1)[-1])
+  # The save in flight was finished: that epoch is complete, nothing is
+  # left half-written.
+  folder = os.path.join(workdir, "checkpoints")
+  assert epoch >= 1 and max(int(n) for n in os.listdir(folder)) == epoch
+  assert not [n for n in os.listdir(folder) if not n.isdigit()]
+  shutil.rmtree(workdir)
