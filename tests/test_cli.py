@@ -131,6 +131,13 @@ def test_plain_log_lines_unless_verbosity_asks_for_details(tmp_path):
   assert detailed.returncode == 0, detailed.stderr
   assert len(ABSL_PREFIX.findall(detailed.stderr)) == 3, detailed.stderr
   assert "library chatter" in detailed.stderr
+  # A log file gets the details; the terminal keeps the plain lines.
+  logged = _run(str(probe), [f"--log_dir={tmp_path / 'logs'}"])
+  assert logged.returncode == 0, logged.stderr
+  assert logged.stderr.splitlines() == ["a note", "warning: a warning"]
+  (log_file,) = glob.glob(str(tmp_path / "logs" / "*.log.INFO.*"))
+  with open(log_file) as f:
+    assert len(ABSL_PREFIX.findall(f.read())) == 2
 
 
 # ---------------------------------------------------------------------------
