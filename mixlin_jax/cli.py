@@ -69,6 +69,8 @@ def user_errors_reported():
   except KeyboardInterrupt as e:
     print(str(e) or "interrupted", file=sys.stderr, flush=True)
     sys.exit(INTERRUPTED_EXIT)
+  except UsageError as e:  # before the imports of the clause below
+    exit_with_error(str(e))
   except _user_error_types() as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(USER_ERROR_EXIT)
