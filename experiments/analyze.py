@@ -14,14 +14,10 @@ heatmaps.png, layer_profiles.png, training_curves.png.
 Thin on purpose: all logic is in ``mixlin_jax.analysis``.
 """
 
-import logging
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mixlin_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to analyse.")
 _OUT = flags.DEFINE_string(
@@ -45,46 +41,41 @@ _VARIABLES = flags.DEFINE_enum(
     "Which weights: the student (as logged) or the EMA teacher.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Override data.data_dir (TFDS data on this machine).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROGRESS = flags.DEFINE_bool(
+    "progress", True, "Show a progress bar when stderr is a terminal.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _ints(name, values):
-  if values is None:
-    return None
-  try:
-    return [int(v) for v in values]
-  except ValueError:
-    raise app.UsageError(f"--{name} must be comma-separated integers, got "
-                         f"{','.join(values)}") from None
+_EPILOG = """\
+Exit status: 0 done; 2 an error (one line starting 'error:' on stderr),
+including a workdir where no requested epoch could be analysed; 130
+interrupted. Damaged or missing checkpoints are skipped with a warning.
+"""
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mixlin_jax import analysis, cli  # pylint: disable=import-outside-toplevel
-  logging.getLogger().setLevel(logging.WARNING)
-  logging.getLogger("mixlin_jax").setLevel(logging.INFO)
-  epochs = _ints("epochs", _EPOCHS.value)
-  profile_epochs = _ints("profile_epochs", _PROFILE_EPOCHS.value)
-  overrides = {"data.data_dir": _DATA_DIR.value} if _DATA_DIR.value else None
+  cli.setup_logging()
   with cli.user_errors_reported():
-    try:
-      result = analysis.run_analysis(
-          _WORKDIR.value, _OUT.value, split=_SPLIT.value,
-          num_tuples=_NUM_TUPLES.value, num_points=_NUM_POINTS.value,
-          batch_size=_BATCH_SIZE.value, epochs=epochs,
-          variables=_VARIABLES.value, overrides=overrides,
-          profile_epochs=profile_epochs, progress=_PROGRESS.value)
-    except analysis.AnalysisError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(cli.USER_ERROR_EXIT)
+    cli.reject_extra_arguments(argv)
+    epochs = cli.parse_int_list("epochs", _EPOCHS.value)
+    profile_epochs = cli.parse_int_list("profile_epochs",
+                                        _PROFILE_EPOCHS.value)
+    from mixlin_jax import analysis  # pylint: disable=import-outside-toplevel
+    overrides = {"data.data_dir": _DATA_DIR.value} if _DATA_DIR.value else None
+    result = analysis.run_analysis(
+        _WORKDIR.value, _OUT.value, split=_SPLIT.value,
+        num_tuples=_NUM_TUPLES.value, num_points=_NUM_POINTS.value,
+        batch_size=_BATCH_SIZE.value, epochs=epochs,
+        variables=_VARIABLES.value, overrides=overrides,
+        profile_epochs=profile_epochs,
+        progress=cli.progress_bar_wanted(_PROGRESS.value))
   if result["skipped"]:
     print(f"Skipped epochs (see warnings): "
           f"{', '.join(map(str, result['skipped']))}")
   if not result["rows"]:
-    print("Nothing analysed.", file=sys.stderr)
-    sys.exit(1)
+    cli.exit_with_error(f"nothing analysed in {_WORKDIR.value}: no requested "
+                        "epoch has a usable checkpoint (see the warnings "
+                        "above)")
   epochs_done = sorted({r["epoch"] for r in result["rows"]})
   print(f"Analysed {len(epochs_done)} epochs ({len(result['rows'])} rows).")
   for path in list(result["table"]) + result["figures"]:
@@ -92,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(epilog=_EPILOG))

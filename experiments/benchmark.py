@@ -8,13 +8,11 @@ Logic lives in ``mixlin_jax.benchmark``; see its docstring for what is timed.
 """
 
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mixlin_jax import cli
 
 _TINY = flags.DEFINE_bool("tiny", False, "Seconds-long CPU variant (small CNN, 8x8 images).")
 _MODELS = flags.DEFINE_list("models", None, "Models (default preact_resnet18).")
@@ -31,7 +29,13 @@ _OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON rep
 
 
 def main(argv):
-  del argv
+  cli.setup_logging()
+  with cli.user_errors_reported():
+    cli.reject_extra_arguments(argv)
+    _main()
+
+
+def _main():
   from mixlin_jax import benchmark  # pylint: disable=import-outside-toplevel
   settings = benchmark.BenchSettings.tiny() if _TINY.value else benchmark.BenchSettings()
   for flag, field in ((_MODELS, "models"), (_REGIMES, "regimes"), (_BATCH, "batch_size"),
@@ -41,10 +45,10 @@ def main(argv):
       setattr(settings, field, flag.value)
   for regime in settings.regimes:
     if regime not in benchmark.REGIMES:
-      raise app.UsageError(f"--regimes: {regime!r} is not one of {', '.join(benchmark.REGIMES)}")
+      raise cli.UsageError(f"--regimes: {regime!r} is not one of {', '.join(benchmark.REGIMES)}")
   for model in settings.models:
     if model not in benchmark.BENCH_MODELS:
-      raise app.UsageError(f"--models: {model!r} is not one of {', '.join(benchmark.BENCH_MODELS)}")
+      raise cli.UsageError(f"--models: {model!r} is not one of {', '.join(benchmark.BENCH_MODELS)}")
   report = benchmark.run(settings, torch_reference=_TORCH.value,
                          log=lambda line: print(line, flush=True))
   print()
@@ -55,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser())

@@ -14,14 +14,12 @@ the convergence table.
 Thin on purpose: all logic is in ``mixlin_jax.analysis``.
 """
 
-import logging
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mixlin_jax import cli
 
 _OUT = flags.DEFINE_string(
     "out", None,
@@ -58,23 +56,20 @@ def _default_out(workdirs):
 
 
 def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
-    raise app.UsageError("give one or more workdirs to compare")
-  from mixlin_jax import analysis, cli  # pylint: disable=import-outside-toplevel
-  logging.getLogger().setLevel(logging.WARNING)
-  logging.getLogger("mixlin_jax").setLevel(logging.INFO)
-  out = _OUT.value or _default_out(workdirs)
-  try:
+  cli.setup_logging()
+  with cli.user_errors_reported():
+    workdirs = argv[1:]
+    if not workdirs:
+      raise cli.UsageError("give one or more workdirs to compare, e.g. "
+                           "compare.py workdirs/a workdirs/b (see --help)")
+    from mixlin_jax import analysis  # pylint: disable=import-outside-toplevel
+    out = _OUT.value or _default_out(workdirs)
     result = analysis.compare_runs(
         workdirs, out, names=_NAMES.value,
         target_accuracy=_TARGET_ACCURACY.value,
         target_loss=_TARGET_LOSS.value, fraction=_FRACTION.value,
         accuracy_key=_ACCURACY_KEY.value, loss_key=_LOSS_KEY.value,
         metrics=_METRICS.value or analysis.METRICS)
-  except analysis.AnalysisError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(cli.USER_ERROR_EXIT)
   rows = result["convergence_rows"]
   print(f"Convergence ({rows[0]['accuracy_key']} >= "
         f"{_fmt(rows[0]['target_accuracy'])}, {rows[0]['loss_key']} <= "
@@ -92,5 +87,10 @@ def _fmt(v):
   return "-" if v is None else f"{v:.4g}"
 
 
+_EPILOG = """\
+Exit status: 0 done; 2 an error (one line starting 'error:' on stderr).
+"""
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(epilog=_EPILOG))

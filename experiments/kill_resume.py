@@ -31,7 +31,6 @@ the same either way); ``--nojax_cache`` turns it off.
 
 import glob
 import json
-import logging
 import os
 import random
 import shutil
@@ -43,8 +42,9 @@ import time
 from absl import app
 from absl import flags
 
+from mixlin_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _CONFIG = flags.DEFINE_string("config", os.path.join(ROOT, "configs",
                                                      "default.py"),
@@ -196,8 +196,8 @@ def _compare(reference, killed):
 
 
 def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.WARNING)  # Orbax chatter on restore
+  cli.reject_extra_arguments(argv)
+  cli.setup_logging()  # Orbax chatter on restore only from WARNING
   root = os.path.abspath(_WORKROOT.value)
   reference = os.path.join(root, "reference")
   killed = os.path.join(root, "killed")
@@ -250,4 +250,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser())

@@ -15,6 +15,8 @@ Logic: ``mixlin_jax.archives``.
 from absl import app
 from absl import flags
 
+from mixlin_jax import cli
+
 _FROM = flags.DEFINE_string("from", None, "The downloaded archive (SVHN: the folder of the .mat files).")
 _OUT = flags.DEFINE_string("out", None, "The .npz array file to write.")
 _TRAIN = flags.DEFINE_integer("train", 0, "Keep a class-balanced prefix of this many training images (0 = all).")
@@ -23,11 +25,13 @@ flags.mark_flags_as_required(["from", "out"])
 
 
 def main(argv):
-  from mixlin_jax import archives, cli, data  # pylint: disable=import-outside-toplevel
+  cli.setup_logging()
+  from mixlin_jax import archives  # pylint: disable=import-outside-toplevel
   with cli.user_errors_reported():
-    if len(argv) != 2:
-      raise data.DataError(
-          f"name one dataset ({', '.join(archives.FORMATS)}) before the flags")
+    if len(argv) != 2 or argv[1] not in archives.FORMATS:
+      raise cli.UsageError(
+          f"name one dataset, {' | '.join(archives.FORMATS)}, before the "
+          f"flags (got {' '.join(argv[1:]) or 'none'})")
     info = archives.make_array_file(argv[1], _FROM.value, _OUT.value,
                                     num_train=_TRAIN.value,
                                     num_test=_TEST.value)
@@ -37,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser())

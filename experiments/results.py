@@ -17,16 +17,18 @@ import tempfile
 from absl import app
 from absl import flags
 
+from mixlin_jax import cli
+
 _STUDIES = flags.DEFINE_string("studies", "docs/studies", "Folder of study folders.")
 _README = flags.DEFINE_string("readme", "README.md", "The README to update.")
 _CHECK = flags.DEFINE_bool("check", False, "Compare instead of writing; exit 1 on any difference.")
 
 
 def main(argv):
-  del argv
-  from mixlin_jax import cli  # pylint: disable=import-outside-toplevel
-  from mixlin_jax.analysis import results  # pylint: disable=import-outside-toplevel
   cli.setup_logging()
+  with cli.user_errors_reported():
+    cli.reject_extra_arguments(argv)
+  from mixlin_jax.analysis import results  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.abspath(_README.value))
   folders = results.study_folders(_STUDIES.value)
   links = [os.path.relpath(os.path.abspath(f), root) for f in folders]
@@ -67,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser())

@@ -23,6 +23,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mixlin_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/X.py[:variants]).",
     lock_config=True)
@@ -42,22 +44,30 @@ _AGGREGATE_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["out"])
 
 
+_EPILOG = """\
+Config fields and variants: see `python experiments/run.py --help`.
+Exit status: 0 done; 2 an error (one line starting 'error:' on stderr, e.g.
+a run that failed: its log is named); 130 interrupted (rerun the same
+command: finished runs are skipped, the interrupted one resumes).
+"""
+
+
 def _overrides(argv) -> list[str]:
   """The ``--config.FIELD=VALUE`` arguments, passed on to every run."""
   out = []
   for arg in argv:
     if arg.startswith("--config."):
       if "=" not in arg:
-        raise ValueError(f"{arg}: write config overrides as --config.FIELD=VALUE")
+        raise cli.UsageError(
+            f"{arg}: write config overrides as --config.FIELD=VALUE")
       out.append(arg)
   return out
 
 
 def main(argv):
-  del argv
-  from mixlin_jax import cli  # pylint: disable=import-outside-toplevel
   cli.setup_logging()
   with cli.user_errors_reported():
+    cli.reject_extra_arguments(argv)
     _main()
 
 
@@ -70,11 +80,7 @@ def _main():
     if _CONFIG.value is None:
       raise config_lib.ConfigError("--config", None,
                                    "a config file (needed unless --aggregate_only)")
-    try:
-      seeds = [int(s) for s in _SEEDS.value]
-    except ValueError:
-      raise config_lib.ConfigError("--seeds", ",".join(_SEEDS.value),
-                                   "comma-separated integers") from None
+    seeds = cli.parse_int_list("seeds", _SEEDS.value)
     specs = studies.plan(_REGIMES.value, seeds)
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     overrides = _overrides(sys.argv[1:])
@@ -96,11 +102,12 @@ def _main():
     return
   # --aggregate_only: the grid is what the flags name, else what is there.
   regimes = _REGIMES.value if flags.FLAGS["regimes"].present else None
-  seeds = ([int(s) for s in _SEEDS.value] if flags.FLAGS["seeds"].present
-           else None)
+  seeds = (cli.parse_int_list("seeds", _SEEDS.value)
+           if flags.FLAGS["seeds"].present else None)
   study_lib.aggregate_and_report(out, baseline=regimes[0] if regimes else None,
                                  regimes=regimes, seeds=seeds)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(config_flag="config",
+                                              epilog=_EPILOG))

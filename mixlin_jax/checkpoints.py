@@ -25,7 +25,9 @@ is not moved: :class:`CheckpointError` says so.
 Test-only hook (off unless set): ``MIXLIN_TEST_CHECKPOINT_COMMIT_DELAY_S``
 makes every save pause that many seconds after its data is written and
 before the final rename, so a test can kill the process while a checkpoint
-is half-committed. Never set it for real runs.
+is half-committed. It is Orbax's own atomic rename with a pause in front,
+given to the manager through its ``temporary_path_class`` option (nothing
+of Orbax is patched). Never set it for real runs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import shutil
 import sys
 import time
 import types
-from typing import Any
+from typing import Any, Iterator
 import warnings
 
 from etils import epath
@@ -175,11 +177,14 @@ class Checkpoints:
         # use neither): faster, and a garbled one cannot stop the others
         # from being listed.
         lightweight_initialize=True,
+        # None (Orbax's choice for the file system) unless a test sets the
+        # commit-delay hook.
+        temporary_path_class=_commit_delay_class(),
     )
-    _maybe_install_commit_delay()
     self._manager = None
-    self._manager = self._setting_aside_unreadable_metrics(
-        lambda: ocp.CheckpointManager(self.directory, options=self._options))
+    with _expected_read_only_notice_dropped():
+      self._manager = self._setting_aside_unreadable_metrics(
+          lambda: ocp.CheckpointManager(self.directory, options=self._options))
 
   def _setting_aside_unreadable_metrics(self, fn):
     """``fn()``; if it fails on a garbled metrics JSON, set that aside, retry.
@@ -197,7 +202,7 @@ class Checkpoints:
         if self.read_only:
           raise CheckpointError(
               f"Checkpoint {os.path.join(self.directory, str(epoch))} is "
-              f"damaged ({_short(error)}); move that folder out of "
+              f"damaged ({describe_error(error)}); move that folder out of "
               f"{self.directory} to read the others.") from error
         self._quarantine(epoch, error, reload=False)
       return fn()
@@ -226,12 +231,15 @@ class Checkpoints:
     if arrays is not None:
       bad = _first_nonfinite(arrays)
       if bad is not None:
+        latest = self.latest_epoch()
         raise NonFiniteStateError(
             f"Refusing to save the state of epoch {epoch}: {bad} holds NaN "
-            f"or Inf. Nothing was written; the last good checkpoint is "
-            f"epoch {self.latest_epoch()} in {self.directory}. Lower "
-            "train.learning_rate or mixup.consistency_weight, or check the "
-            "data.")
+            "or Inf. Nothing was written; " + (
+                f"the last good checkpoint is epoch {latest} in "
+                f"{self.directory}." if latest is not None else
+                f"no checkpoint was saved in {self.directory} yet.") +
+            " Lower train.learning_rate or mixup.consistency_weight, or "
+            "check the data.")
       payload[INTEGRITY_KEY] = {
           "sha256": _data_digest(arrays, metrics),
           "layout_sha256": _layout_digest(arrays),
@@ -278,9 +286,8 @@ class Checkpoints:
         # Orbax raises many types (ValueError, FileNotFoundError, tensorstore
         # errors...) for damaged data. Only the message is kept: the
         # traceback would keep Orbax's abandoned reads alive (see below).
-        failure = _short(e)
+        failure = describe_error(e)
     if failure is not None:
-      _ignore_callbacks_on_closed_loops()
       raise CheckpointReadError(f"checkpoint {path} is unreadable: {failure}")
     if restored["metrics"] is None:
       raise CheckpointReadError(f"checkpoint {path} has no metrics item")
@@ -325,7 +332,7 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointReadError(
           f"checkpoint {os.path.join(self.directory, str(epoch))} is "
-          f"unreadable: {_short(e)}") from e
+          f"unreadable: {describe_error(e)}") from e
     if restored["metrics"] is None:
       raise CheckpointReadError(
           f"checkpoint {os.path.join(self.directory, str(epoch))} has no "
@@ -389,7 +396,7 @@ class Checkpoints:
           json.loads(f.read().decode("utf-8"))
       except Exception as e:  # pylint: disable=broad-except
         out.append((int(name), CheckpointReadError(
-            f"its metrics file {path} is unreadable: {_short(e)}")))
+            f"its metrics file {path} is unreadable: {describe_error(e)}")))
     return out
 
   def _layout_mismatch(self, epoch: int, target: Any) -> str | None:
@@ -433,7 +440,7 @@ class Checkpoints:
     src = os.path.join(self.directory, str(epoch))
     if self.read_only:
       log.warning("Checkpoint %s is unreadable and was skipped: %s", src,
-                  _short(error))
+                  describe_error(error))
       return
     if not os.path.lexists(src):
       return
@@ -451,19 +458,46 @@ class Checkpoints:
     log.warning(
         "Checkpoint of epoch %d is unusable (%s); moved it to %s (nothing "
         "was deleted) and falling back to the previous one.", epoch,
-        _short(error), dest)
+        describe_error(error), dest)
 
 
 @contextlib.contextmanager
-def _muffled_abandoned_reads():
-  """Drops the noise Orbax leaves after a failed restore.
+def _expected_read_only_notice_dropped() -> Iterator[None]:
+  """Drops Orbax's "Given directory is read only" warning while opening.
 
-  When one array read fails, Orbax abandons the others; as they are
-  garbage-collected Python prints each one's error, with a page of
-  TensorStore spec apiece (hundreds of lines for one broken checkpoint),
-  and asyncio logs "Task exception was never retrieved". They repeat the
-  one failure that is reported cleanly, so they are dropped while the
-  leftovers are collected here.
+  A read-only manager is what this module asks for (post-hoc analysis); a
+  warning about it on every run looks like an error. Only that message is
+  dropped, only while the manager is built.
+  """
+  def keep(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+  orbax_log = logging.getLogger("absl")  # Orbax logs through absl.logging
+  orbax_log.addFilter(keep)
+  try:
+    yield
+  finally:
+    orbax_log.removeFilter(keep)
+
+
+# Longest wait for the reads Orbax abandons after a failed restore.
+_ABANDONED_READS_TIMEOUT_S = 30.0
+
+
+@contextlib.contextmanager
+def _muffled_abandoned_reads() -> Iterator[None]:
+  """Drops the noise Orbax leaves after a failed restore, and waits it out.
+
+  When one array read fails, Orbax closes its event loop with the other
+  reads still in flight in TensorStore's threads. As each finishes it
+  fails to wake the closed loop ("Event loop is closed"), and once its
+  task is freed Python prints the coroutine's error with a page of
+  TensorStore spec apiece; asyncio adds "Task was destroyed but it is
+  pending" and "Future exception was never retrieved". They all repeat the
+  one failure that is reported cleanly. They come from other threads at
+  unpredictable times, so this waits, inside the scope that drops them,
+  until no task of a closed event loop is left; only then are Python's
+  hooks put back (nothing is changed for the rest of the process).
   """
   old_hook = sys.unraisablehook
   asyncio_log = logging.getLogger("asyncio")
@@ -484,70 +518,59 @@ def _muffled_abandoned_reads():
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message="coroutine .* never awaited",
                               category=RuntimeWarning)
+      deadline = time.monotonic() + _ABANDONED_READS_TIMEOUT_S
+      while _count_abandoned_tasks() and time.monotonic() < deadline:
+        time.sleep(0.01)
       gc.collect()
     sys.unraisablehook = old_hook
     asyncio_log.disabled = old_disabled
 
 
-_closed_loop_filter_installed = False
+def _count_abandoned_tasks() -> int:
+  """Collects garbage; counts live asyncio tasks whose event loop is closed."""
+  gc.collect()
+  return sum(1 for o in gc.get_objects()
+             if isinstance(o, asyncio.Task) and not o.done()
+             and o.get_loop().is_closed())
 
 
-def _ignore_callbacks_on_closed_loops() -> None:
-  """From now on, drops "Event loop is closed" errors nobody can catch.
+def describe_error(error: BaseException) -> str:
+  """One line: the root cause of ``error`` (Orbax wraps TensorStore's).
 
-  TensorStore finishes Orbax's abandoned reads on its own threads, later,
-  and each tries to wake the event loop Orbax has already closed. Python
-  prints every such failure (a traceback apiece) at unpredictable times.
-  Only that exact error is dropped, once a restore has failed.
+  For messages and warnings about unreadable checkpoints: the type and text
+  of the innermost cause, without TensorStore's pages of spec.
   """
-  global _closed_loop_filter_installed
-  if _closed_loop_filter_installed:
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if (isinstance(unraisable.exc_value, RuntimeError)
-        and str(unraisable.exc_value) == "Event loop is closed"):
-      return
-    previous(unraisable)
-
-  sys.unraisablehook = hook
-  _closed_loop_filter_installed = True
-
-
-def _short(error: Exception) -> str:
-  """One line: the root cause of ``error`` (Orbax wraps TensorStore's)."""
   root, seen = error, 0
   while root.__cause__ is not None and seen < 10:  # "raise ... from"
     root, seen = root.__cause__, seen + 1
-  text = " ".join(str(root).split(". See full TensorStore details")[0].split())
+  text = str(root).split(". See full TensorStore details")[0]
+  text = " ".join(text.split(" [tensorstore_spec")[0].split())
   if not isinstance(root, CheckpointError):
     text = f"{type(root).__name__}: {text}"
   return text if len(text) < 500 else text[:500] + "..."
 
 
+# Kept for callers written before describe_error was public.
+_short = describe_error
+
+
 # -- test-only hook -------------------------------------------------------------
-_commit_delay_installed = False
-
-
-def _maybe_install_commit_delay() -> None:
-  """Installs the ``MIXLIN_TEST_CHECKPOINT_COMMIT_DELAY_S`` pause (tests only)."""
-  global _commit_delay_installed
+def _commit_delay_class() -> type | None:
+  """Orbax's atomic rename, paused first, if ``COMMIT_DELAY_ENV`` is set."""
   delay = os.environ.get(COMMIT_DELAY_ENV)
-  if not delay or _commit_delay_installed:
-    return
+  if not delay:
+    return None
   delay = float(delay)
-  # Orbax internals: the rename that commits a step on local file systems.
-  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
-  cls = atomicity.AtomicRenameTemporaryPath
-  original = cls.finalize
+  base = ocp.path.atomicity.AtomicRenameTemporaryPath
 
-  async def finalize(self, *args, **kwargs):
-    if self.get_final().name.isdigit():  # the epoch folder, not its items
-      log.warning("%s: pausing %.1f s before committing %s (test hook).",
-                  COMMIT_DELAY_ENV, delay, self.get())
-      await asyncio.sleep(delay)
-    return await original(self, *args, **kwargs)
+  class DelayedCommitTemporaryPath(base):
+    """Pauses before committing a step folder (test hook)."""
 
-  cls.finalize = finalize
-  _commit_delay_installed = True
+    async def finalize(self, *args, **kwargs):
+      if self.get_final().name.isdigit():  # the epoch folder, not its items
+        log.warning("%s: pausing %.1f s before committing %s (test hook).",
+                    COMMIT_DELAY_ENV, delay, self.get())
+        await asyncio.sleep(delay)
+      return await super().finalize(*args, **kwargs)
+
+  return DelayedCommitTemporaryPath

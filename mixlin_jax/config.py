@@ -13,8 +13,10 @@ names the field, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import tempfile
 from typing import Any, Iterable
 
 import ml_collections
@@ -30,6 +32,11 @@ MIXUP_MODES = ("none", "supervised", "unsupervised")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 NAMED_SOURCES = ("tfds", "embedded")
 LINEARITY_SPLITS = ("test", "train")
+# Mixup mixes K >= 2 points (one point would be no mixing at all): the one
+# rule behind mixup.num_points, the supmixK/mixK variant names and the README.
+MIN_MIX_POINTS = 2
+VARIANTS = ("smoke, erm, supmixK, mixK "
+            f"(K an integer >= {MIN_MIX_POINTS}, the points mixed)")
 
 # Fields that do not change what a run computes; a workdir may be resumed
 # with different values for these.
@@ -130,9 +137,9 @@ _REGIME = re.compile(r"^(erm|supmix(\d+)|mix(\d+))$")
 def check_regime_name(regime: str) -> re.Match:
   """Raises ConfigError unless ``regime`` is erm, supmixK or mixK."""
   m = _REGIME.match(regime)
-  if not m:
-    raise ConfigError("--config variant", regime,
-                      "one of smoke, erm, supmixK, mixK (K an integer >= 1)")
+  k = m and (m.group(2) or m.group(3))
+  if not m or (k and int(k) < MIN_MIX_POINTS):
+    raise ConfigError("--config variant", regime, f"one of {VARIANTS}")
   return m
 
 
@@ -297,17 +304,23 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
   _require(c.train.warmup_epochs <= c.train.epochs, "train.warmup_epochs",
            c.train.warmup_epochs, f"at most train.epochs = {c.train.epochs}")
 
-  k = c.mixup.num_points
-  _require(isinstance(k, int) and k >= 1, "mixup.num_points", k,
-           "an integer >= 1")
-  mixed_batch = (c.train.unlabelled_batch_size
-                 if c.mixup.mode == "unsupervised" else c.train.batch_size)
-  _require(k <= mixed_batch, "mixup.num_points", k,
-           f"at most the batch it mixes ({mixed_batch})")
   if c.mixup.mode == "unsupervised":
+    # Checked before num_points, which must fit in this batch: a bad batch
+    # size is named as such.
     ub = c.train.unlabelled_batch_size
     _require(isinstance(ub, int) and ub >= 1, "train.unlabelled_batch_size",
              ub, "an integer >= 1")
+  k = c.mixup.num_points
+  _require(isinstance(k, int) and k >= MIN_MIX_POINTS, "mixup.num_points", k,
+           f"an integer >= {MIN_MIX_POINTS} (mixup mixes K >= "
+           f"{MIN_MIX_POINTS} points)")
+  mixed_batch = (c.train.unlabelled_batch_size
+                 if c.mixup.mode == "unsupervised" else c.train.batch_size)
+  field = ("train.unlabelled_batch_size" if c.mixup.mode == "unsupervised"
+           else "train.batch_size")
+  _require(k <= mixed_batch, "mixup.num_points", k,
+           f"at most the batch it mixes ({field} = {mixed_batch})")
+  if c.mixup.mode == "unsupervised":
     _require(c.data.num_labels < available, "data.num_labels",
              c.data.num_labels,
              "fewer than the training images: mode 'unsupervised' needs "
@@ -340,18 +353,100 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int = 1,
 
 
 def _check_writable(workdir: str) -> None:
+  """Raises ConfigError unless ``workdir`` is (or can become) a writable folder.
+
+  Permission bits are not enough (root passes them everywhere, and /proc or
+  a read-only mount refuse anyway), so the check does what a run will do:
+  it creates the missing folders and a file in the deepest one, then
+  removes everything it created.
+  """
   path = os.path.abspath(workdir)
+  missing = []
   probe = path
-  while not os.path.exists(probe):
+  while not os.path.lexists(probe):
+    missing.append(probe)
     parent = os.path.dirname(probe)
     if parent == probe:
       break
     probe = parent
-  ok = os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
-  if not ok:
+  if not os.path.isdir(probe):
     raise ConfigError("--workdir", workdir,
-                      f"a writable directory ({probe!r} is not writable "
-                      "or not a directory)")
+                      f"a directory ({probe!r} is not a directory)")
+  created = []
+  try:
+    for folder in reversed(missing):
+      os.mkdir(folder)
+      created.append(folder)
+    with tempfile.TemporaryFile(dir=path, prefix=".mixlin-probe-"):
+      pass
+  except OSError as e:
+    raise ConfigError(
+        "--workdir", workdir,
+        f"a directory this process can create and write to ({e.strerror}: "
+        f"{e.filename or path!r})") from None
+  finally:
+    for folder in reversed(created):
+      try:
+        os.rmdir(folder)
+      except OSError:
+        pass
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``path[:variants]``, loaded as ``--config=spec`` loads it.
+
+  Each way a config file can fail gets one ConfigError naming the file and
+  the problem (ml_collections' own loader answers some of them with a
+  traceback or a misleading message): the file is missing or not a file,
+  has a syntax error, raises while loading, defines no ``get_config``, or
+  its ``get_config`` returns no config. An unknown variant raises the
+  ConfigError of :func:`finalize`.
+  """
+  path, has_arg, arg = spec.partition(":")
+  where = "--config"
+  if not os.path.exists(path):
+    raise ConfigError(f"{where}: {path} does not exist")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{where}: {path} is not a file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      source = f.read()
+    code = compile(source, path, "exec")
+  except SyntaxError as e:
+    raise ConfigError(f"{where}: {path} has a syntax error at line "
+                      f"{e.lineno}: {e.msg}") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{where}: {path} cannot be read: {e}") from None
+  module_spec = importlib.util.spec_from_file_location("mixlin_config_file",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    exec(code, module.__dict__)  # pylint: disable=exec-used
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{where}: {path} raised {type(e).__name__} while "
+                      f"loading: {e}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"{where}: {path} defines no get_config() function "
+                      "(a config file defines get_config(arg=None) and "
+                      "returns the config; see configs/default.py)")
+  try:
+    config = get_config(arg) if has_arg else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{where}: {path}: get_config() raised "
+                      f"{type(e).__name__}: {e}") from None
+  if config is None:
+    raise ConfigError(f"{where}: {path}: get_config() returned None (a "
+                      "missing return statement?)")
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{where}: {path}: get_config() returned a "
+                      f"{type(config).__name__}, not an "
+                      "ml_collections.ConfigDict")
+  return config
 
 
 def dataset_config(dataset: str, regime: str) -> ml_collections.ConfigDict:

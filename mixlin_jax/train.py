@@ -1,4 +1,7 @@
-"""Train state, the jitted train step, evaluation, and the epoch loop.
+"""Train state, the jitted train step, and the epoch loop.
+
+(Evaluation -- the per-epoch classification and linearity measurements --
+lives in ``mixlin_jax.evaluation``.)
 
 Invariants this module keeps (they make resume exact and runs comparable):
 
@@ -18,10 +21,8 @@ Invariants this module keeps (they make resume exact and runs comparable):
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import logging
-import math
 import os
 import time
 from typing import Any, Callable
@@ -36,6 +37,7 @@ import optax
 from mixlin_jax import checkpoints as ckpt_lib
 from mixlin_jax import config as config_lib
 from mixlin_jax import data as data_lib
+from mixlin_jax import evaluation
 from mixlin_jax import losses
 from mixlin_jax import mixup
 from mixlin_jax import models
@@ -49,7 +51,66 @@ _INIT_STREAM, _DATA_STREAM, _STEP_STREAM = 0, 1, 2
 
 
 class NonFiniteError(FloatingPointError):
-  """Loss or gradients became NaN/Inf; the state was not saved."""
+  """Loss or gradients became NaN/Inf; the state was not saved.
+
+  Raised by :meth:`Trainer.train_epoch` with the epoch and the step;
+  :func:`train_and_evaluate`, which owns the checkpoints, raises it again
+  with the checkpoint facts (:meth:`with_checkpoint`).
+
+  Attributes:
+    epoch: the epoch (1-based) that diverged.
+    step: the global step index of the first non-finite step.
+    total_steps: the run's number of steps (or None).
+    checkpoint_directory: where checkpoints live (None: not known).
+    last_checkpoint: the newest saved epoch there (None: none was saved).
+  """
+
+  def __init__(self, epoch: int, step: int, total_steps: int | None = None,
+               *, checkpoint_directory: str | None = None,
+               last_checkpoint: int | None = None):
+    super().__init__(epoch, step)
+    self.epoch, self.step, self.total_steps = epoch, step, total_steps
+    self.checkpoint_directory = checkpoint_directory
+    self.last_checkpoint = last_checkpoint
+
+  def with_checkpoint(self, last_checkpoint: int | None,
+                      directory: str) -> NonFiniteError:
+    """The same error, saying which checkpoint a rerun would resume from."""
+    return NonFiniteError(self.epoch, self.step, self.total_steps,
+                          checkpoint_directory=directory,
+                          last_checkpoint=last_checkpoint)
+
+  def __str__(self) -> str:
+    text = (f"Loss or gradients became non-finite in epoch {self.epoch} at "
+            f"step {self.step}" + (f" (of {self.total_steps})"
+                                   if self.total_steps else "") +
+            ". The state was not saved")
+    if self.checkpoint_directory is not None:
+      if self.last_checkpoint is None:
+        text += ("; no checkpoint was saved, so rerunning in the same "
+                 "workdir with a changed config starts from scratch")
+      else:
+        text += (f"; last good checkpoint: epoch {self.last_checkpoint} in "
+                 f"{self.checkpoint_directory}")
+    return text + (". Lower train.learning_rate or mixup.consistency_weight,"
+                   " or check the data.")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training, after the checkpoint being written was finished.
+
+  A ``KeyboardInterrupt`` (a notebook stops as usual); its message says
+  where a rerun resumes. ``resume_epoch`` is the newest saved epoch (None:
+  none was saved).
+  """
+
+  def __init__(self, resume_epoch: int | None):
+    self.resume_epoch = resume_epoch
+    super().__init__(
+        "interrupted; rerun the same command to resume from epoch "
+        f"{resume_epoch}" if resume_epoch is not None else
+        "interrupted before any epoch was saved; rerun the same command to "
+        "start again")
 
 
 @flax.struct.dataclass
@@ -85,11 +146,23 @@ class DeviceData:
   std: jax.Array
 
 
-def resolve_dtype(name: str) -> jnp.dtype:
-  """'auto' means bfloat16 on accelerators and float32 on CPU."""
-  if name == "auto":
-    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return jnp.dtype(name)
+resolve_dtype = evaluation.resolve_dtype
+
+
+def make_schedule(config: ml_collections.ConfigDict,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0, then cosine decay to 0 at the last step.
+
+  The one learning-rate schedule: the optimizer follows it and each epoch
+  record reports it.
+  """
+  t = config.train
+  total = t.epochs * steps_per_epoch
+  warmup = int(round(t.warmup_epochs * steps_per_epoch))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.learning_rate,
+      warmup_steps=min(warmup, total - 1) if total > 1 else 0,
+      decay_steps=max(total, 1), end_value=0.0)
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -100,28 +173,74 @@ def make_optimizer(config: ml_collections.ConfigDict,
   or BatchNorm scales, the usual choice for these models.
   """
   t = config.train
-  total = t.epochs * steps_per_epoch
-  warmup = int(round(t.warmup_epochs * steps_per_epoch))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.learning_rate,
-      warmup_steps=min(warmup, total - 1) if total > 1 else 0,
-      decay_steps=max(total, 1), end_value=0.0)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(
       optax.add_decayed_weights(t.weight_decay, mask=decay_mask),
-      optax.sgd(schedule, momentum=t.momentum or None, nesterov=t.nesterov
-                and t.momentum > 0),
+      optax.sgd(make_schedule(config, steps_per_epoch),
+                momentum=t.momentum or None,
+                nesterov=t.nesterov and t.momentum > 0),
   )
 
 
 def learning_rate_at(config, steps_per_epoch: int, step: int) -> float:
-  t = config.train
-  total = t.epochs * steps_per_epoch
-  warmup = int(round(t.warmup_epochs * steps_per_epoch))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, t.learning_rate, min(warmup, total - 1) if total > 1 else 0,
-      max(total, 1), 0.0)
-  return float(schedule(step))
+  """The learning rate the optimizer applies at (0-based) ``step``."""
+  return float(make_schedule(config, steps_per_epoch)(step))
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """One pass over the training images at the labelled batch size (>= 1).
+
+  The same for every regime, so every regime shares one x-axis.
+  """
+  return max(1, num_train // config.train.batch_size)
+
+
+def initial_state(model, tx: optax.GradientTransformation, key: jax.Array,
+                  image_shape: tuple[int, ...]) -> TrainState:
+  """The state before the first step (the EMA teacher starts as the student)."""
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = model.init(key, dummy, train=False)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=batch_stats, opt_state=tx.init(params),
+                    ema_params=params, ema_batch_stats=batch_stats)
+
+
+def state_template(config: ml_collections.ConfigDict,
+                   split: data_lib.SemiSupervisedSplit,
+                   mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """Shapes, dtypes and placement of this experiment's TrainState.
+
+  Nothing is computed or allocated (``jax.eval_shape``). As the target of a
+  checkpoint restore it decides where the arrays land: replicated on
+  ``mesh`` (default: every device), whatever wrote them. Needs no Trainer
+  and no data on the device.
+  """
+  mesh = mesh or parallel.make_mesh()
+  model = models.get_model(config.model.name, split.num_classes,
+                           dtype=resolve_dtype(config.model.compute_dtype))
+  tx = make_optimizer(config, steps_per_epoch(
+      config, len(split.x_labelled) + len(split.x_unlabelled)))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _INIT_STREAM)
+  shapes = jax.eval_shape(
+      lambda: initial_state(model, tx, key, split.x_test.shape[1:]))
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)
+
+
+def put_data_on_device(split: data_lib.SemiSupervisedSplit,
+                       mesh: jax.sharding.Mesh) -> DeviceData:
+  """The split as uint8 arrays replicated on ``mesh`` (labels int32)."""
+  return parallel.put_replicated(
+      DeviceData(x_labelled=split.x_labelled,
+                 y_labelled=split.y_labelled.astype(np.int32),
+                 x_unlabelled=split.x_unlabelled,
+                 x_test=split.x_test,
+                 y_test=split.y_test.astype(np.int32),
+                 mean=split.mean.astype(np.float32),
+                 std=split.std.astype(np.float32)), mesh)
 
 
 _SUM_KEYS = ("loss", "supervised", "consistency", "consistency_weight",
@@ -144,8 +263,8 @@ class Trainer:
     self.image_shape = tuple(split.x_test.shape[1:])
     self.num_labelled = len(split.x_labelled)
     self.num_unlabelled = len(split.x_unlabelled)
-    self.steps_per_epoch = max(
-        1, (self.num_labelled + self.num_unlabelled) // config.train.batch_size)
+    self.steps_per_epoch = steps_per_epoch(
+        config, self.num_labelled + self.num_unlabelled)
     self.total_steps = self.steps_per_epoch * config.train.epochs
     self.rampup_steps = int(round(config.mixup.rampup_epochs *
                                   self.steps_per_epoch))
@@ -157,6 +276,7 @@ class Trainer:
     self.metrics_model = models.get_model(
         config.model.name, self.num_classes,
         dtype=resolve_dtype(config.linearity.compute_dtype))
+    self.schedule = make_schedule(config, self.steps_per_epoch)
     self.tx = make_optimizer(config, self.steps_per_epoch)
     self.mode = config.mixup.mode
     self.images_per_step = config.train.batch_size + (
@@ -169,30 +289,23 @@ class Trainer:
     self.step_key = jax.random.fold_in(root, _STEP_STREAM)
 
     rep = parallel.replicated(self.mesh)
-    self.data = parallel.put_replicated(
-        DeviceData(x_labelled=split.x_labelled,
-                   y_labelled=split.y_labelled.astype(np.int32),
-                   x_unlabelled=split.x_unlabelled,
-                   x_test=split.x_test,
-                   y_test=split.y_test.astype(np.int32),
-                   mean=split.mean.astype(np.float32),
-                   std=split.std.astype(np.float32)), self.mesh)
+    self.data = put_data_on_device(split, self.mesh)
 
     self.init_state = jax.jit(self._init_state, out_shardings=rep)
     self.epoch_orders = jax.jit(self._epoch_orders, out_shardings=rep)
     self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1))
-    self.evaluate = jax.jit(self._evaluate)
+    # ``evaluate(variables, images, labels)``: accuracy and loss as device
+    # scalars (evaluation.ClassificationEvaluator binds the images).
+    self.evaluate = jax.jit(
+        lambda variables, images, labels: evaluation.classification_metrics(
+            self.inference_fn(), variables, images, labels, self.data.mean,
+            self.data.std, batch_size=config.eval.batch_size,
+            mesh=self.mesh))
     self.zero_sums = jax.jit(self._zero_sums, out_shardings=rep)
 
   # -- state ----------------------------------------------------------------
   def _init_state(self) -> TrainState:
-    dummy = jnp.zeros((1,) + self.image_shape, jnp.float32)
-    variables = self.model.init(self.init_key, dummy, train=False)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=batch_stats,
-                      opt_state=self.tx.init(params), ema_params=params,
-                      ema_batch_stats=batch_stats)
+    return initial_state(self.model, self.tx, self.init_key, self.image_shape)
 
   def _zero_sums(self) -> dict:
     sums = {k: jnp.zeros((), jnp.float32) for k in _SUM_KEYS}
@@ -310,40 +423,47 @@ class Trainer:
         sums["first_nonfinite_step"])
     return new_state, new_sums
 
-  # -- evaluation -----------------------------------------------------------
-  def _evaluate(self, variables, images, labels) -> dict:
-    """Accuracy and loss over ``images`` (uint8, on device), in inference mode.
+  # -- a whole epoch ----------------------------------------------------------
+  def train_epoch(self, state: TrainState, epoch: int, *,
+                  on_progress: Callable[[int, dict], None] | None = None
+                  ) -> tuple[TrainState, dict]:
+    """Runs the steps of epoch index ``epoch`` (0-based) from ``state``.
 
-    Batches are scanned inside one jitted function; the last partial batch is
-    padded and masked.
+    Metrics are summed on the device and fetched once per
+    ``train.log_every_steps`` (and at the end): each fetch checks them for
+    NaN/Inf and calls ``on_progress(steps_done, mean_metrics_so_far)``.
+
+    Returns:
+      The new state and the epoch's mean training metrics.
+
+    Raises:
+      NonFiniteError: with the epoch (1-based) and the first bad step; the
+        ``state`` passed in is gone (its buffers were donated).
     """
-    n = images.shape[0]
-    bs = min(self.config.eval.batch_size, max(n, 1))
-    bs = -(-bs // self.mesh.size) * self.mesh.size
-    nb = -(-n // bs)
-    idx = jnp.arange(nb * bs).reshape(nb, bs)
-    valid = idx < n
-    idx = jnp.minimum(idx, n - 1)
-    mean, std = self.data.mean, self.data.std
-
-    def body(carry, inp):
-      batch_idx, mask = inp
-      x = parallel.shard_batch(
-          data_lib.normalize(images[batch_idx], mean, std), self.mesh)
-      logits, _ = self.model.apply(variables, x, train=False)
-      y = labels[batch_idx]
-      correct = jnp.sum((jnp.argmax(logits, -1) == y) & mask)
-      nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return (carry[0] + correct, carry[1] + jnp.sum(jnp.where(mask, nll, 0))), None
-
-    (correct, nll), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)),
-        (idx, valid))
-    return {"accuracy": correct / n, "loss": nll / n}
+    spe = self.steps_per_epoch
+    log_every = self.config.train.log_every_steps
+    orders = self.epoch_orders(jnp.asarray(epoch, jnp.int32))
+    sums = self.zero_sums()
+    summary = None
+    for i in range(spe):
+      state, sums = self.train_step(state, sums, self.data, orders)
+      if (i + 1) % log_every == 0 or i + 1 == spe:
+        summary = _summarize_sums(sums)  # the only host sync of the interval
+        if summary["nonfinite_steps"]:
+          raise NonFiniteError(epoch + 1, summary["first_nonfinite_step"],
+                               self.total_steps)
+        if on_progress is not None:
+          on_progress(i + 1, summary)
+    return state, summary
 
   def apply_for_metrics(self) -> Callable:
     """``(variables, x) -> (logits, activations)``, inference mode, metric dtype."""
     model = self.metrics_model
+    return lambda variables, x: model.apply(variables, x, train=False)
+
+  def inference_fn(self) -> Callable:
+    """``(variables, x) -> (logits, activations)``: inference, compute dtype."""
+    model = self.model
     return lambda variables, x: model.apply(variables, x, train=False)
 
   def preprocess(self, images_uint8):
@@ -360,19 +480,13 @@ def _summarize_sums(sums: dict) -> dict:
 
 
 def make_linearity_evaluator(config, trainer: Trainer):
-  """The per-epoch linearity evaluator on a fixed subset (or None)."""
-  if not config.linearity.enabled:
-    return None
-  from mixlin_jax import linearity  # pylint: disable=import-outside-toplevel
-  lin = config.linearity
-  images = (trainer.data.x_test if lin.split == "test" else
-            jnp.concatenate([trainer.data.x_labelled,
-                             trainer.data.x_unlabelled]))
-  return linearity.LinearityEvaluator(
-      trainer.apply_for_metrics(), images, num_points=lin.num_points,
-      num_tuples=lin.num_tuples, batch_size=lin.batch_size,
-      key=jax.random.PRNGKey(lin.seed), grid=tuple(lin.grid),
-      num_dirichlet=lin.num_dirichlet, preprocess=trainer.preprocess,
+  """The per-epoch linearity evaluator on a fixed subset (or None).
+
+  See :func:`mixlin_jax.evaluation.make_linearity_evaluator`, which builds
+  it without a Trainer.
+  """
+  return evaluation.make_linearity_evaluator(
+      config, trainer.data, num_classes=trainer.num_classes,
       mesh=trainer.mesh)
 
 
@@ -384,133 +498,168 @@ def load_split(config) -> data_lib.SemiSupervisedSplit:
   return data_lib.semi_supervised_split(arrays, d.num_labels, config.seed)
 
 
+def format_epoch_summary(record: dict) -> str:
+  """One line: loss, student and teacher test accuracy, img/s, linearity."""
+  lin = ""
+  if "linearity" in record:
+    err = record["linearity"]["interp_error"]
+    lin = " interp_error[" + ", ".join(
+        f"{name.split('_', 1)[-1]}={np.mean(err[name]['mean']):.3g}"
+        for name in record["linearity"]["layers"]) + "]"
+  return (f"epoch {record['epoch']}: loss {record['train']['loss']:.4f} "
+          f"test acc {record['test']['student_accuracy']:.4f} "
+          f"(teacher {record['test']['teacher_accuracy']:.4f}) "
+          f"{record['images_per_second']:.0f} img/s{lin}")
+
+
+def print_epoch_summary(record: dict) -> None:
+  """Prints :func:`format_epoch_summary` on stdout (process 0 only).
+
+  The default ``on_epoch_end`` of :func:`train_and_evaluate`: one plain
+  line per epoch, whether or not a progress bar is shown, so a redirected
+  log holds one clean line per epoch.
+  """
+  if parallel.is_main_process():
+    print(format_epoch_summary(record), flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False,
                        progress: bool = True,
-                       on_epoch_end: Callable[[dict], None] | None = None
+                       on_epoch_end: Callable[[dict], None] | None = (
+                           print_epoch_summary)
                        ) -> list[dict]:
   """Runs (or resumes) one experiment; returns the per-epoch metric records.
 
-  Order of work: validate the config, read and check the data, check the
-  workdir, and only then compute or write. Resumes from the newest good
+  Order of work: validate the config and check the workdir, read and check
+  the data, and only then compute or write. Resumes from the newest good
   checkpoint in ``workdir`` if there is one.
 
   Args:
     config: a config from ``configs/*.py`` (see ``mixlin_jax.config``).
-    workdir: output folder (created if needed).
+    workdir: output folder (created if needed): new, empty, or one of an
+      earlier run of this experiment.
     allow_config_change: resume into a workdir written by a different config.
-    progress: show a progress bar (process 0 only).
-    on_epoch_end: optional callback receiving each epoch's record.
+    progress: show a progress bar over each epoch's steps (process 0 only).
+    on_epoch_end: called with each epoch's record once it is logged and its
+      checkpoint started (on every process); by default prints one line
+      (:func:`print_epoch_summary`); None prints nothing.
+
+  Raises:
+    NonFiniteError: training diverged; says which checkpoint is the last good
+      one (the diverged state is never saved).
+    TrainingInterrupted: Ctrl-C; the checkpoint being written was finished
+      first (unless interrupted again), and the message says where a rerun
+      resumes.
   """
   mesh = parallel.make_mesh()
   config_lib.validate(config, device_count=mesh.size, workdir=workdir)
+  workdir_lib.check(workdir, config, allow_config_change=allow_config_change)
   split = load_split(config)
   workdir_lib.prepare(workdir, config, allow_config_change=allow_config_change)
 
   trainer = Trainer(config, split, mesh)
-  evaluator = make_linearity_evaluator(config, trainer)
+  evaluators = evaluation.make_classification_evaluators(
+      config, trainer.data, num_classes=trainer.num_classes, mesh=mesh)
+  linearity_evaluator = make_linearity_evaluator(config, trainer)
+  if linearity_evaluator is not None:
+    evaluators["linearity"] = linearity_evaluator
   state = trainer.init_state()
   checkpoints = ckpt_lib.Checkpoints(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.checkpoint.max_to_keep)
   metrics_log = workdir_lib.MetricsLog(workdir)
   start_epoch = 0
-  restored = checkpoints.restore_latest_good(state)
-  if restored is not None:
-    start_epoch, state, _ = restored
-    log.info("Resuming %s from epoch %d.", workdir, start_epoch)
-  records = metrics_log.truncate(start_epoch)
-
   try:
+    restored = checkpoints.restore_latest_good(state)
+    if restored is not None:
+      start_epoch, state, _ = restored
+      log.info("Resuming %s from epoch %d.", workdir, start_epoch)
+    records = metrics_log.truncate(start_epoch)
     for epoch in range(start_epoch, config.train.epochs):
-      state, record = _run_epoch(config, trainer, evaluator, state, epoch,
-                                 checkpoints, progress)
+      start = time.perf_counter()
+      with _progress_bar(progress, trainer.steps_per_epoch,
+                         f"epoch {epoch + 1}/{config.train.epochs}") as bar:
+        state, summary = trainer.train_epoch(state, epoch, on_progress=bar)
+      train_seconds = time.perf_counter() - start
+      record = _epoch_record(epoch, trainer, state, summary, train_seconds,
+                             evaluators)
       metrics_log.append(record)
       checkpoints.save(epoch + 1, state, record)
       records.append(record)
       if on_epoch_end is not None:
         on_epoch_end(record)
+  except NonFiniteError as e:
+    checkpoints.wait()  # a save in flight is a good checkpoint
+    raise e.with_checkpoint(checkpoints.latest_epoch(),
+                            checkpoints.directory) from None
+  except KeyboardInterrupt:
+    # Finish the save in flight (the epoch before is complete and good). A
+    # second Ctrl-C abandons it: Orbax commits by renaming a finished
+    # temporary folder, and the next start deletes an unfinished one.
+    checkpoints.wait()
+    raise TrainingInterrupted(checkpoints.latest_epoch()) from None
   finally:
     checkpoints.close()
   return records
 
 
-def _run_epoch(config, trainer: Trainer, evaluator, state, epoch: int,
-               checkpoints: ckpt_lib.Checkpoints, progress: bool):
-  spe = trainer.steps_per_epoch
-  log_every = config.train.log_every_steps
-  orders = trainer.epoch_orders(jnp.asarray(epoch, jnp.int32))
-  sums = trainer.zero_sums()
-  bar = _progress_bar(progress, spe, f"epoch {epoch + 1}/{config.train.epochs}")
-  start = time.perf_counter()
-  done = 0
-  for i in range(spe):
-    state, sums = trainer.train_step(state, sums, trainer.data, orders)
-    if (i + 1) % log_every == 0 or i + 1 == spe:
-      summary = _summarize_sums(sums)  # the only host sync of the interval
-      if summary["nonfinite_steps"]:
-        raise NonFiniteError(
-            f"Loss or gradients became non-finite in epoch {epoch + 1} at "
-            f"step {summary['first_nonfinite_step']} (of "
-            f"{trainer.total_steps}). The state was not saved; last good "
-            f"checkpoint: epoch {checkpoints.latest_epoch()} in "
-            f"{checkpoints.directory}. Lower train.learning_rate or "
-            "mixup.consistency_weight, or check the data.")
-      if bar is not None:
-        bar.update(i + 1 - done)
-        bar.set_postfix(loss=f"{summary['loss']:.3f}")
-      done = i + 1
-  train_seconds = time.perf_counter() - start
-  if bar is not None:
-    bar.close()
+def _epoch_record(epoch: int, trainer: Trainer, state: TrainState,
+                  summary: dict, train_seconds: float,
+                  evaluators: dict[str, Callable[[Any], dict]]) -> dict:
+  """The record of epoch index ``epoch``: training means, evaluations, timing.
 
+  ``evaluators``: "test" and "labelled" classification, and "linearity"
+  when it is enabled.
+  """
   t0 = time.perf_counter()
-  d = trainer.data
-  student = jax.device_get(trainer.evaluate(state.student_variables(),
-                                            d.x_test, d.y_test))
-  teacher = jax.device_get(trainer.evaluate(state.teacher_variables(),
-                                            d.x_test, d.y_test))
-  # The same clean measurement for every regime (no augmentation, no mixing,
-  # inference-mode BatchNorm): a regime's own training loss is not
-  # comparable across regimes (mixed targets, consistency term).
-  labelled = jax.device_get(trainer.evaluate(state.student_variables(),
-                                             d.x_labelled, d.y_labelled))
+  student = evaluators["test"](state.student_variables())
+  teacher = evaluators["test"](state.teacher_variables())
+  labelled = evaluators["labelled"](state.student_variables())
   eval_seconds = time.perf_counter() - t0
+  step = int(state.step)
   record = {
       "epoch": epoch + 1,
-      "step": int(state.step),
-      "learning_rate": learning_rate_at(config, spe, int(state.step) - 1),
+      "step": step,
+      "learning_rate": float(trainer.schedule(step - 1)),
       "train": {k: v for k, v in summary.items() if k in _SUM_KEYS},
-      "test": {"student_accuracy": float(student["accuracy"]),
-               "student_loss": float(student["loss"]),
-               "teacher_accuracy": float(teacher["accuracy"]),
-               "teacher_loss": float(teacher["loss"])},
-      "labelled": {"student_accuracy": float(labelled["accuracy"]),
-                   "student_loss": float(labelled["loss"])},
+      "test": {"student_accuracy": student["accuracy"],
+               "student_loss": student["loss"],
+               "teacher_accuracy": teacher["accuracy"],
+               "teacher_loss": teacher["loss"]},
+      "labelled": {"student_accuracy": labelled["accuracy"],
+                   "student_loss": labelled["loss"]},
       "seconds": {"train": train_seconds, "eval": eval_seconds},
-      "images_per_second": spe * trainer.images_per_step / train_seconds,
+      "images_per_second": (trainer.steps_per_epoch * trainer.images_per_step
+                            / train_seconds),
   }
-  if evaluator is not None:
+  if "linearity" in evaluators:
     t0 = time.perf_counter()
-    record["linearity"] = evaluator(state.student_variables())
+    record["linearity"] = evaluators["linearity"](state.student_variables())
     record["seconds"]["linearity"] = time.perf_counter() - t0
-  if progress and parallel.is_main_process():
-    lin = ""
-    if "linearity" in record:
-      err = record["linearity"]["interp_error"]
-      lin = " interp_error[" + ", ".join(
-          f"{name.split('_', 1)[-1]}={np.mean(err[name]['mean']):.3g}"
-          for name in record["linearity"]["layers"]) + "]"
-    print(f"epoch {epoch + 1}: loss {record['train']['loss']:.4f} "
-          f"test acc {record['test']['student_accuracy']:.4f} "
-          f"(teacher {record['test']['teacher_accuracy']:.4f}) "
-          f"{record['images_per_second']:.0f} img/s{lin}", flush=True)
-  return state, record
+  return record
 
 
+@contextlib.contextmanager
 def _progress_bar(enabled: bool, total: int, desc: str):
+  """Yields the ``on_progress`` callback of :meth:`Trainer.train_epoch`.
+
+  A tqdm bar on process 0 when ``enabled``; it is cleared when the epoch
+  ends, also by an error or Ctrl-C, so whatever is printed next starts on
+  a clean line.
+  """
   if not enabled or not parallel.is_main_process():
-    return None
+    yield None
+    return
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=total, desc=desc, unit="step", leave=False,
-              dynamic_ncols=True)
+  bar = tqdm(total=total, desc=desc, unit="step", leave=False,
+             dynamic_ncols=True)
+
+  def on_progress(steps_done: int, summary: dict) -> None:
+    bar.update(steps_done - bar.n)
+    bar.set_postfix(loss=f"{summary['loss']:.3f}")
+
+  try:
+    yield on_progress
+  finally:
+    bar.close()

@@ -37,6 +37,19 @@ class WorkdirMismatchError(RuntimeError):
   """The workdir holds a different experiment."""
 
 
+class NotAWorkdirError(WorkdirMismatchError):
+  """The folder holds other files and no run: a typo must not scatter a run."""
+
+
+# What a run (or a batch job around it) puts in its workdir; a folder that
+# holds anything else and no config.json is not a workdir.
+_RUN_ENTRIES = frozenset({CONFIG_FILE, METRICS_FILE, "checkpoints",
+                          "broken_checkpoints", "analysis"})
+# Logs a batch job writes next to the run (`> workdir/log.txt 2>&1`; the
+# study runner's log.txt), made before run.py starts.
+_LOG_SUFFIXES = (".log", ".out", ".err", "log.txt")
+
+
 def library_versions() -> dict:
   out = {"python": sys.version.split()[0], "platform": platform.platform()}
   for name in _VERSIONED:
@@ -56,64 +69,133 @@ def read_config(workdir: str) -> dict | None:
     return json.load(f)["config"]
 
 
+def check(workdir: str, config: ml_collections.ConfigDict, *,
+          allow_config_change: bool = False) -> None:
+  """Raises unless ``workdir`` may run ``config``; reads only, writes nothing.
+
+  Allowed: a new or empty folder, a folder that holds only a batch job's
+  log files, a workdir of the same experiment (a field outside
+  ``config.RESULT_NEUTRAL_FIELDS`` differs: refused, unless
+  ``allow_config_change``), and a workdir with no completed epoch (a run
+  that failed or diverged before saving anything: its recorded config
+  does not bind the retry).
+
+  Raises:
+    NotAWorkdirError: the folder holds other files and no run.
+    WorkdirMismatchError: a different experiment, or an unreadable
+      config.json (unless ``allow_config_change``).
+  """
+  _plan(workdir, config, allow_config_change=allow_config_change)
+
+
 def prepare(workdir: str, config: ml_collections.ConfigDict, *,
             allow_config_change: bool = False) -> None:
   """Creates ``workdir`` and records the config, refusing a different one.
 
-  A workdir that already holds a run of a different experiment (a field
-  outside ``config.RESULT_NEUTRAL_FIELDS`` differs) is refused with the list
-  of differences, so a resume never silently continues another experiment.
-  With ``allow_config_change`` the new config is recorded and the change is
+  The checks of :func:`check`, then the writes. With
+  ``allow_config_change`` the new config is recorded and the change is
   logged and kept in ``config.json``'s ``config_changes``. A resume under
   other library versions is allowed with a warning (results may then
   differ from an uninterrupted run).
 
   Raises:
-    WorkdirMismatchError: unless ``allow_config_change``.
+    NotAWorkdirError, WorkdirMismatchError: as :func:`check`.
+  """
+  changes = _plan(workdir, config, allow_config_change=allow_config_change,
+                  report=True)
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _remove_stale_temporaries(workdir)
+  record = {"config": config_lib.flatten(config),
+            "versions": library_versions()}
+  if changes:
+    record["config_changes"] = changes
+  _atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def _plan(workdir: str, config: ml_collections.ConfigDict, *,
+          allow_config_change: bool, report: bool = False) -> list[dict]:
+  """The checks of :func:`check`; returns the config changes to record.
+
+  ``report`` logs what :func:`prepare` is about to do (once, not on every
+  check).
   """
   new = config_lib.flatten(config)
   path = os.path.join(workdir, CONFIG_FILE)
+  _refuse_foreign_folder(workdir)
+  started = has_completed_epoch(workdir)
   try:
     recorded = _read_json(path)
   except (OSError, ValueError) as e:
-    if not allow_config_change:
+    if started and not allow_config_change:
       raise WorkdirMismatchError(
           f"{path} is unreadable ({type(e).__name__}: {e}), so this workdir "
           "cannot be checked to hold the same experiment. Restore the file, "
           "use another --workdir, or pass --allow_config_change to record "
           "the current config over it.") from e
-    log.warning("%s is unreadable (%s); overwriting it "
-                "(--allow_config_change).", path, e)
+    if report:
+      log.warning("%s is unreadable (%s); overwriting it%s.", path, e,
+                  " (--allow_config_change)" if started else
+                  " (no epoch was completed)")
     recorded = None
   old = recorded.get("config") if isinstance(recorded, dict) else None
   changes = list(recorded.get("config_changes", [])) if isinstance(
       recorded, dict) else []
   if old is not None:
     diffs = config_lib.result_differences(old, new)
+    if diffs and not started:
+      # Nothing was computed under the old config (e.g. it diverged in the
+      # first epoch): the retry simply replaces it.
+      if report:
+        log.info("%s holds no completed epoch; recording the new config "
+                 "(%s).", workdir, "; ".join(diffs))
+      return []
     if diffs and not allow_config_change:
       raise WorkdirMismatchError(
           f"{workdir} holds a different experiment; these fields differ "
           "(recorded -> requested):\n  " + "\n  ".join(diffs) +
           "\nUse another --workdir, or pass --allow_config_change to "
-          "continue with the new values.")
-    if diffs:
+          "continue with the new values (see README, \"Extending a run\").")
+    if diffs and report:
       log.warning("Continuing %s with a changed config "
                   "(--allow_config_change): %s", workdir, "; ".join(diffs))
       changes.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "differences": diffs})
-    _warn_on_version_change(workdir, recorded.get("versions") or {})
-  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-      os.path.join(workdir, "checkpoints")):
+    if report:
+      _warn_on_version_change(workdir, recorded.get("versions") or {})
+  elif report and started:
     log.warning("%s holds checkpoints but no %s: cannot check that they "
                 "belong to this experiment.", workdir, CONFIG_FILE)
-  if jax.process_index() != 0:
+  return changes
+
+
+def has_completed_epoch(workdir: str) -> bool:
+  """Whether ``workdir`` holds a record or a checkpoint of a finished epoch."""
+  if read_metrics(workdir):
+    return True
+  folder = os.path.join(workdir, "checkpoints")
+  try:
+    return any(name.isdigit() for name in os.listdir(folder))
+  except OSError:
+    return False
+
+
+def _refuse_foreign_folder(workdir: str) -> None:
+  if not os.path.isdir(workdir) or os.path.exists(
+      os.path.join(workdir, CONFIG_FILE)):
     return
-  os.makedirs(workdir, exist_ok=True)
-  _remove_stale_temporaries(workdir)
-  record = {"config": new, "versions": library_versions()}
-  if changes:
-    record["config_changes"] = changes
-  _atomic_write_json(path, record)
+  foreign = sorted(
+      name for name in os.listdir(workdir)
+      if name not in _RUN_ENTRIES and not name.startswith(_TMP_PREFIX)
+      and not name.endswith(_LOG_SUFFIXES))
+  if foreign:
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                      if len(foreign) > 5 else "")
+    raise NotAWorkdirError(
+        f"{workdir} is not empty and holds no run ({shown}); a run writes "
+        "only into a new or empty folder, or a workdir of an earlier run. "
+        "Check --workdir, or give a new folder.")
 
 
 def _read_json(path: str):

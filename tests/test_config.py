@@ -1,7 +1,9 @@
 """Configs load, lock against typos, and every validation rule names its field."""
 import glob
 import os
+import re
 import stat
+import sys
 
 import pytest
 
@@ -74,7 +76,8 @@ BAD_VALUES = [
     ("mixup.alpha", -1.0, "> 0"),
     ("train.learning_rate", 0.0, "> 0"),
     ("train.learning_rate", -0.1, "> 0"),
-    ("mixup.num_points", 0, ">= 1"),
+    ("mixup.num_points", 0, ">= 2"),
+    ("mixup.num_points", 1, ">= 2"),
     ("mixup.num_points", 65, "at most the batch"),
     ("data.num_labels", 105, "multiple of the 10 classes"),
     ("data.num_labels", 5000, "at most 1437"),
@@ -139,6 +142,50 @@ def test_unwritable_workdir(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="--workdir"):
     config_lib.validate(_default(), workdir=bad)
   config_lib.validate(_default(), workdir=str(tmp_path / "new" / "dir"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="/proc refuses new folders on Linux")
+def test_workdir_that_cannot_be_created_is_refused_up_front():
+  # Permission bits allow it (as root, or /proc's owner); mkdir fails.
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"--workdir = '/proc/mixlin_wd' is not allowed: "
+                     r"a directory this process can create"):
+    config_lib.validate(_default(), workdir="/proc/mixlin_wd")
+  assert not os.path.exists("/proc/mixlin_wd")
+
+
+def test_validating_a_workdir_leaves_nothing_behind(tmp_path):
+  config_lib.validate(_default(), workdir=str(tmp_path / "a" / "b"))
+  config_lib.validate(_default(), workdir=str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_zero_unlabelled_batch_is_named_as_such():
+  c = _default()
+  c.train.unlabelled_batch_size = 0
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(c)
+  assert str(info.value).startswith(
+      "config.train.unlabelled_batch_size = 0 is not allowed")
+
+
+def test_mixup_needs_two_points_one_rule_everywhere():
+  """K >= 2 in validation, in the variant names and in their messages."""
+  c = _default()
+  c.mixup.num_points = 1
+  with pytest.raises(config_lib.ConfigError,
+                     match=re.escape("config.mixup.num_points = 1 is not "
+                                     "allowed: an integer >= 2")):
+    config_lib.validate(c)
+  for variant in ("mix1", "supmix1", "mix0"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=re.escape("supmixK, mixK (K an integer >= 2")):
+      helpers.load_config(os.path.join(ROOT, "configs", "default.py"),
+                          variant)
+  for variant in ("mix2", "supmix2", "mix10"):
+    config_lib.validate(helpers.load_config(
+        os.path.join(ROOT, "configs", "default.py"), variant))
 
 
 def test_result_differences_ignore_neutral_fields():

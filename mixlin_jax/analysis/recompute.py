@@ -109,20 +109,15 @@ def config_from_workdir(workdir: str,
   return c
 
 
-def state_skeleton(trainer) -> Any:
-  """Abstract TrainState of ``trainer`` placed replicated on its mesh.
+def state_skeleton(config: ml_collections.ConfigDict, split, mesh) -> Any:
+  """Abstract TrainState of the experiment, placed replicated on ``mesh``.
 
-  ``jax.eval_shape`` of the initialiser: shapes and dtypes only, nothing is
-  computed or allocated.  Used as the restore target, it decides where the
-  restored arrays land (see the module docstring).
+  :func:`mixlin_jax.train.state_template`: shapes and dtypes only, nothing
+  is computed or allocated.  Used as the restore target, it decides where
+  the restored arrays land (see the module docstring).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from mixlin_jax import parallel  # pylint: disable=import-outside-toplevel
-  sharding = parallel.replicated(trainer.mesh)
-  shapes = jax.eval_shape(trainer._init_state)  # pylint: disable=protected-access
-  return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      shapes)
+  from mixlin_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  return train_lib.state_template(config, split, mesh)
 
 
 # (flattened config, device) -> (evaluator, skeleton): workdirs of the same
@@ -142,6 +137,7 @@ def clear_cache() -> None:
 def _evaluator_for(config: ml_collections.ConfigDict) -> tuple:
   import jax  # pylint: disable=import-outside-toplevel
   from mixlin_jax import parallel  # pylint: disable=import-outside-toplevel
+  from mixlin_jax import evaluation  # pylint: disable=import-outside-toplevel
   from mixlin_jax import train as train_lib  # pylint: disable=import-outside-toplevel
   device = jax.local_devices()[0]
   key = json.dumps([config_lib.flatten(config), str(device)], sort_keys=True)
@@ -149,10 +145,10 @@ def _evaluator_for(config: ml_collections.ConfigDict) -> tuple:
     _EVALUATORS[key] = _EVALUATORS.pop(key)  # most recently used last
     return _EVALUATORS[key]
   split_data = train_lib.load_split(config)
-  trainer = train_lib.Trainer(config, split_data,
-                              parallel.make_mesh([device]))
-  entry = (train_lib.make_linearity_evaluator(config, trainer),
-           state_skeleton(trainer))
+  mesh = parallel.make_mesh([device])
+  entry = (evaluation.make_linearity_evaluator(
+      config, split_data, num_classes=split_data.num_classes, mesh=mesh),
+           state_skeleton(config, split_data, mesh))
   while len(_EVALUATORS) >= _EVALUATOR_CACHE_SIZE:
     _EVALUATORS.pop(next(iter(_EVALUATORS)))
   _EVALUATORS[key] = entry
@@ -182,7 +178,7 @@ class _ReadOnlyCheckpoints:
     except Exception as e:  # pylint: disable=broad-except
       log.warning("%s cannot be opened as a whole (%s); opening each epoch "
                   "on its own to skip the damaged ones.", self.directory,
-                  ckpt_lib._short(e))  # pylint: disable=protected-access
+                  ckpt_lib.describe_error(e))
       self._open_each(ckpt_lib)
 
   def _open_each(self, ckpt_lib) -> None:
@@ -198,7 +194,7 @@ class _ReadOnlyCheckpoints:
       try:
         c = ckpt_lib.Checkpoints(view, read_only=True)
       except Exception as e:  # pylint: disable=broad-except
-        reason = ckpt_lib._short(e)  # pylint: disable=protected-access
+        reason = ckpt_lib.describe_error(e)
         self.unreadable[int(name)] = reason.replace(
             os.path.join(view, name), src).replace(view, self.directory)
         continue
@@ -338,7 +334,7 @@ def analyze_workdir(workdir: str, *,
       except Exception as e:  # pylint: disable=broad-except
         # Orbax raises many types for damaged data; any means "unusable".
         log.warning("%s: checkpoint of epoch %d is unreadable and was "
-                    "skipped: %s", workdir, epoch, ckpt_lib._short(e))  # pylint: disable=protected-access
+                    "skipped: %s", workdir, epoch, ckpt_lib.describe_error(e))
         continue
       result = evaluator(chosen)
       rows.extend(linearity_rows(result, run=run, epoch=epoch,
