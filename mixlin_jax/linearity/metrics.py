@@ -24,7 +24,7 @@ For layer ``l`` with representation ``h_l`` (flattened per example), a tuple of
    Dividing by it makes the value invariant to scaling, shifting and rotating
    ``h_l`` (both terms transform identically), hence comparable across layers
    whose widths and scales differ wildly.  It is computed through the
-   identity ``sum_i w_i ||h_i - m||^2 = 1/2 sum_{i,j} w_i w_j ||h_i - h_j||^2``,
+   identity ``sum_i w_i ||h_i - m||^2 = sum_{i<j} w_i w_j ||h_i - h_j||^2``,
    so the pairwise distances are computed once per tuple, independently of
    the number of weight vectors, and without the cancellation of the
    ``E||h||^2 - ||m||^2`` form.
@@ -54,22 +54,45 @@ For layer ``l`` with representation ``h_l`` (flattened per example), a tuple of
    and ``K > 2`` runs.  Its first axis is therefore ``len(tangent_t)``, not
    the number of weight vectors, when ``K > 2``.
 
-Guard.  Every ratio is ``num / max(den, EPS_REL * scale, TINY)``, where
-``scale`` is the second moment of the representations involved (for the
-interpolation/relative errors ``sum_i w_i ||h_i||^2``; for the tangent
-residual ``||h(x_1)||^2 + ||h(x(t))||^2``).  A denominator that is below
-``EPS_REL`` of the scale means the points are indistinguishable at that layer
-(e.g. a constant or dead layer); then the numerator is normally zero too and
-the value is 0 (``0 / floor``) instead of NaN.  ``EPS_REL`` is far below any
-spread real, distinct examples produce, so it never touches a regular tuple.
+4. ``raw_gap``: ``||r_l - m_l||`` (a norm, not squared, and not normalized),
+   the form of the linearity measure of the alibi library, which is what
+   other tools report.  On a layer of class logits (``logits_layers``) it is
+   computed on log-probabilities, ``log_softmax`` over the last axis, as alibi
+   does for classifiers (alibi adds 1e-10 inside the log; we use the exact
+   ``log_softmax``).  It depends on the layer's scale, so it compares a layer
+   with itself over training, not layers with each other.
 
-Sampling.  Weights: for ``K = 2`` a fixed grid ``t in (0.1, ..., 0.9)`` gives
-``w = (1 - t, t)``; for ``K > 2`` a fixed set of Dirichlet(1) draws (uniform on
-the simplex) from a fixed key.  Tuples: drawn once from a fixed key over the
-evaluation split, ``K`` distinct indices each, identical for every epoch and
-every run with the same configuration, so curves over training measure the
-network, not resampling noise.  Each reported value is the mean over tuples of
-the per-tuple ratio, with its standard error ``std(ddof=1) / sqrt(n)``.
+Degenerate tuples
+-----------------
+The three normalized metrics divide by how far apart the tuple's points are
+in layer ``l``.  When the points are indistinguishable there (identical
+inputs; a constant, dead or collapsed layer) the ratio is undefined: the
+numerator is then floating-point noise (or, for a layer that merges distinct
+inputs onto one point, e.g. ``h(x) = x^2`` at ``x = -1, 1``, a genuine
+difference divided by zero).  Such a tuple is **excluded** from that layer's
+mean and **counted**, never scored 0 or 1e10.  A tuple is degenerate at a
+layer when::
+
+    mean_i ||h_i - hbar||^2  <=  rtol * mean_i ||h_i||^2,
+    rtol = max(DEGENERATE_RTOL, eps(dtype_l)^2)
+
+(``hbar`` the tuple's centroid; the tangent residual asks the same of its two
+path end points ``x_1, x_2``).  ``DEGENERATE_RTOL = 1e-8``: the points differ
+by less than 1e-4 of their RMS size.  Why that value: the numerator's
+rounding noise in float32 is about 1e-13 of ``mean ||h||^2`` (measured: a
+tuple of identical points gives ``||r - m||^2 ~ 1e-13 ||h||^2``), so on any
+tuple that is kept, noise contributes at most ~1e-5 to the ratio, below what
+the metrics resolve on real data (1e-3 and up); and distinct natural inputs
+are far more than 1e-4 apart in a layer that still carries information.  A
+bfloat16 layer resolves only ``eps(bf16)^2 ~ 6e-5``, hence the ``eps^2``
+term.  An all-zero layer (``0 <= 0``) is degenerate.  ``raw_gap`` has no
+denominator and is defined for every tuple.
+
+Every kept ratio is still computed as ``num / max(den, EPS_REL * scale,
+TINY)``: for ``K > 2`` a weight vector that puts almost all of its mass on one
+point makes ``den`` tiny for a tuple that is not degenerate.
+
+Sampling.  See :mod:`mixlin_jax.linearity.sampling`.
 
 Layers may compute in bf16; all metrics are computed in float32 (and the
 naive reference in float64).
@@ -78,7 +101,6 @@ naive reference in float64).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -86,28 +108,37 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mixlin_jax.linearity import representations as reps_lib
+from mixlin_jax.linearity.sampling import DEFAULT_GRID, check_weights
+
 __all__ = [
-    "METRICS",
-    "DEFAULT_GRID",
+    "DEGENERATE_RTOL",
     "EPS_REL",
+    "METRICS",
+    "NORMALIZED_METRICS",
     "TINY",
-    "mixing_weights",
-    "draw_tuples",
-    "per_tuple_metrics",
+    "check_metrics",
+    "degenerate_rtol_for",
+    "forward_points",
     "naive_per_tuple_metrics",
-    "LinearityEvaluator",
+    "per_tuple_metrics",
+    "tuple_values",
 ]
 
-METRICS = ("interp_error", "relative_error", "tangent_residual")
+#: Metrics divided by a spread of the tuple (scale-free, comparable across
+#: layers); degenerate tuples are excluded from them.
+NORMALIZED_METRICS = ("interp_error", "relative_error", "tangent_residual")
+#: All metrics, in the order results list them.
+METRICS = NORMALIZED_METRICS + ("raw_gap",)
 
-#: Mixing coefficients ``t`` of the K = 2 grid, ``w = (1 - t, t)``; also the
-#: path parameters of the tangent residual for K > 2.
-DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: A tuple is degenerate at a layer when the spread of its points is at most
+#: this fraction of their second moment (see the module docstring).
+DEGENERATE_RTOL = 1e-8
 
-#: Denominators below ``EPS_REL * scale`` (scale = second moment of the
-#: representations involved) are treated as degenerate; see module docstring.
+#: Floor of a kept ratio's denominator, relative to the representations'
+#: second moment (K > 2 weights concentrated on one point).
 EPS_REL = 1e-10
-#: Absolute floor so an all-zero layer gives ``0 / TINY = 0``, not NaN.
+#: Absolute floor so an all-zero denominator never divides by zero.
 TINY = float(np.finfo(np.float32).tiny)
 
 _HIGHEST = (
@@ -115,20 +146,10 @@ _HIGHEST = (
 )  # no TF32/bf16 passes in the tiny mixing contractions
 
 
-# ---------------------------------------------------------------------------
-# Sampling
-
-
-def _as_key(key, default_seed: int = 0):
-  """Accepts a jax key (typed or raw uint32), an int seed, or None."""
-  if key is None:
-    return jax.random.key(default_seed)
-  if isinstance(key, (int, np.integer)):
-    return jax.random.key(int(key))
-  return key
-
-
-def _check_metrics(metrics) -> tuple[str, ...]:
+def check_metrics(metrics) -> tuple[str, ...]:
+  """``metrics`` in canonical order, or a ValueError naming the argument."""
+  if isinstance(metrics, str):
+    metrics = (metrics,)
   metrics = tuple(metrics)
   unknown = [m for m in metrics if m not in METRICS]
   if unknown or not metrics:
@@ -139,87 +160,15 @@ def _check_metrics(metrics) -> tuple[str, ...]:
   return tuple(m for m in METRICS if m in metrics)
 
 
-def mixing_weights(
-    num_points: int,
-    grid: Sequence[float] = DEFAULT_GRID,
-    num_dirichlet: int = 8,
-    key=None,
-) -> np.ndarray:
-  """Fixed mixing weights, float32 array ``(W, num_points)``, rows on the simplex.
-
-  ``num_points == 2``: one row ``(1 - t, t)`` per ``t`` in ``grid`` (``key``
-  unused), the usual mixup segment.  ``num_points > 2``: ``num_dirichlet``
-  draws from Dirichlet(1, ..., 1), i.e. uniform on the simplex, from ``key``
-  (default: ``jax.random.key(0)``) so that the same configuration always
-  evaluates the same weights.  Returned as numpy: they are constants of the
-  evaluation, not traced values.
-  """
-  if num_points < 2:
-    raise ValueError(f"num_points must be >= 2, got {num_points}")
-  if num_points == 2:
-    t = np.asarray(grid, dtype=np.float64).reshape(-1)
-    if t.size == 0 or np.any((t < 0) | (t > 1)):
-      raise ValueError(f"grid values must lie in [0, 1], got {grid}")
-    return np.stack([1.0 - t, t], axis=1).astype(np.float32)
-  if num_dirichlet < 1:
-    raise ValueError(f"num_dirichlet must be >= 1, got {num_dirichlet}")
-  # Dirichlet(1, ..., 1) == normalized i.i.d. Exp(1) variables.  Sampled
-  # this way rather than with ``jax.random.dirichlet``, whose gamma sampler
-  # takes seconds to compile for every new K, for no benefit at alpha = 1.
-  e = jax.random.exponential(
-      _as_key(key), (num_dirichlet, num_points), jnp.float32
-  )
-  w = np.asarray(e, dtype=np.float64)
-  w /= w.sum(axis=1, keepdims=True)  # normalize in float64: rows sum to 1
-  return w.astype(np.float32)
-
-
-def draw_tuples(
-    key, num_examples: int, num_tuples: int, num_points: int
-) -> np.ndarray:
-  """``num_tuples`` tuples of ``num_points`` distinct indices, int32 ``(T, K)``.
-
-  Sequential sampling without replacement: the j-th index is uniform over
-  the ``N - j`` indices not yet in the tuple (a uniform draw in
-  ``[0, N - j)`` mapped past the already chosen ones).  O(T K^2), unlike a
-  per-tuple permutation of all N examples.  The order within a tuple is
-  random, so "the first two points" used by the K > 2 tangent residual are a
-  uniformly random pair.
-  """
-  n, t, k = int(num_examples), int(num_tuples), int(num_points)
-  if k < 2:
-    raise ValueError(f"num_points must be >= 2, got {k}")
-  if n < k:
-    raise ValueError(f"need num_examples >= num_points, got {n} < {k}")
-  if t < 1:
-    raise ValueError(f"num_tuples must be >= 1, got {t}")
-  u = jax.random.randint(
-      _as_key(key),
-      (t, k),
-      0,
-      jnp.arange(n, n - k, -1, dtype=jnp.int32),
-      dtype=jnp.int32,
-  )
-  u = np.asarray(u, dtype=np.int64)
-  out = np.empty((t, k), dtype=np.int64)
-  for j in range(k):  # setup only; k is tiny
-    idx = u[:, j].copy()
-    prev = np.sort(out[:, :j], axis=1)
-    for c in range(j):  # ascending: skip over every chosen index <= idx
-      idx += idx >= prev[:, c]
-    out[:, j] = idx
-  return out.astype(np.int32)
+def degenerate_rtol_for(dtype, rtol: float = DEGENERATE_RTOL) -> float:
+  """The degeneracy threshold of a layer computed in ``dtype``."""
+  dtype = jnp.dtype(dtype)
+  eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.inexact) else 0
+  return max(float(rtol), eps * eps)
 
 
 # ---------------------------------------------------------------------------
 # Vectorized per-tuple metrics
-
-
-def _flatten_acts(acts: Mapping[str, jax.Array]) -> dict:
-  """``{layer: (N, ...)}`` -> ``{layer: (N, D) float32}``."""
-  return jax.tree.map(
-      lambda a: jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32), dict(acts)
-  )
 
 
 def _sqnorm(v):
@@ -231,43 +180,85 @@ def _safe_ratio(num, den, scale):
   return num / jnp.maximum(den, floor)
 
 
-def _layer_metrics(h, r, jd, hp, weights, tangent_t, metrics):
-  """Metrics of one layer; traced once per layer via ``jax.tree.map``.
+def _pair_indices(k: int):
+  i, j = np.triu_indices(k, 1)
+  return i, j
+
+
+def _log_probs(flat, shape):
+  """log_softmax over the last axis of a layer given flattened ``(..., D)``."""
+  lead = flat.shape[:-1]
+  full = flat.reshape(lead + tuple(shape))
+  return jax.nn.log_softmax(full, axis=-1).reshape(flat.shape)
+
+
+def _layer_values(h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape,
+                  log_probs):
+  """Metrics of one layer.
 
   h: (T, K, D) originals; r: (W, T, D) mixtures (or None); jd: (T, D) JVP
   at x_1 (or None); hp: (G, T, D) path points (or None).
-  Returns ``{metric: (W or G, T)}``.
+  Returns ``({metric: (W or G, T)}, {metric: (T,) degenerate}, (T,)
+  degenerate over all K points)``.
   """
-  out = {}
+  K = h.shape[1]
+  hn = _sqnorm(h)  # (T, K)
+  pi, pj = _pair_indices(K)
+  pair = _sqnorm(h[:, pi] - h[:, pj])  # (T, P), i < j
+  spread = jnp.sum(pair, axis=-1) / (K * K)  # mean_i ||h_i - hbar||^2
+  tuple_degenerate = spread <= rtol * jnp.mean(hn, axis=-1)
+  if K == 2:
+    pair_degenerate = tuple_degenerate
+  else:  # pair (0, 1) is the first column of the i < j enumeration
+    pair_degenerate = pair[:, 0] / 4 <= rtol * 0.5 * (hn[:, 0] + hn[:, 1])
+  out, degenerate = {}, {}
   if r is not None:
-    hn = _sqnorm(h)  # (T, K)
-    second = jnp.einsum("wk,tk->wt", weights, hn, precision=_HIGHEST)
     m = jnp.einsum("wk,tkd->wtd", weights, h, precision=_HIGHEST)
     num = _sqnorm(r - m)  # (W, T)
+    second = jnp.einsum("wk,tk->wt", weights, hn, precision=_HIGHEST)
     if "interp_error" in metrics:
-      pair = _sqnorm(h[:, :, None, :] - h[:, None, :, :])  # (T, K, K)
-      den = 0.5 * jnp.einsum(
-          "wj,tjk,wk->wt", weights, pair, weights, precision=_HIGHEST
+      den = jnp.einsum(
+          "wp,tp->wt", weights[:, pi] * weights[:, pj], pair, precision=_HIGHEST
       )
       out["interp_error"] = _safe_ratio(num, den, second)
+      degenerate["interp_error"] = tuple_degenerate
     if "relative_error" in metrics:
       out["relative_error"] = _safe_ratio(num, _sqnorm(m), second)
+      degenerate["relative_error"] = tuple_degenerate
+    if "raw_gap" in metrics:
+      if log_probs:
+        lh = _log_probs(h, shape)
+        lm = jnp.einsum("wk,tkd->wtd", weights, lh, precision=_HIGHEST)
+        gap2 = _sqnorm(_log_probs(r, shape) - lm)
+      else:
+        gap2 = num
+      out["raw_gap"] = jnp.sqrt(gap2)
+      degenerate["raw_gap"] = jnp.zeros_like(tuple_degenerate)
   if jd is not None:
     h1 = h[:, 0]  # (T, D)
     diff = hp - h1[None]  # (G, T, D)
     res = diff - tangent_t[:, None, None] * jd[None]
     scale = _sqnorm(h1)[None] + _sqnorm(hp)
     out["tangent_residual"] = _safe_ratio(_sqnorm(res), _sqnorm(diff), scale)
-  return out
+    degenerate["tangent_residual"] = pair_degenerate
+  return out, degenerate, tuple_degenerate
 
 
-def _per_tuple_core(
-    apply_fn, variables, x, weights, tangent_t, metrics, constrain=None
-):
-  """Traceable body of :func:`per_tuple_metrics` (shapes are static).
+def forward_points(reps, variables, x, weights, tangent_t, metrics,
+                   constrain=None):
+  """Every forward pass the metrics need, as few and as batched as possible.
 
-  ``constrain`` (optional, e.g. a sharding constraint) is applied to every
-  batch given to ``apply_fn``, so the forwards can be split over devices.
+  ``x``: ``(T, K, *input)``.  The originals are forwarded once (``x_1``
+  through the JVP when the tangent residual is wanted: the JVP's primal
+  *is* ``h(x_1)``); the ``W * T`` mixtures and, for ``K > 2``, the ``G * T``
+  tangent path points share one batched forward with the other originals.
+  This is the floor the benchmark compares the metrics against.
+
+  Returns ``(layers, h, r, jd, hp, t_vals)``: ``layers`` a tuple of
+  ``(name, trailing shape, dtype)`` in network order; ``h[l]`` ``(T, K, D)``,
+  ``r[l]`` ``(W, T, D)`` or None, ``jd[l]`` ``(T, D)`` or None, ``hp[l]``
+  ``(G, T, D)`` or None (float32, flattened per example); ``t_vals`` the
+  path parameters of ``hp``.
   """
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
@@ -277,100 +268,127 @@ def _per_tuple_core(
   W = weights.shape[0]
   if weights.ndim != 2 or weights.shape[1] != K:
     raise ValueError(f"weights must be (W, {K}), got {weights.shape}")
-  want_mix = "interp_error" in metrics or "relative_error" in metrics
+  want_mix = any(m in metrics for m in ("interp_error", "relative_error",
+                                        "raw_gap"))
   want_tan = "tangent_residual" in metrics
+  layers: list = []  # filled at trace time by the first forward
 
   def acts(z):
     if constrain is not None:
       z = constrain(z)
-    return _flatten_acts(apply_fn(variables, z)[1])
+    out = reps(variables, z)
+    if not layers:
+      layers.extend((n, tuple(a.shape[1:]), jnp.dtype(a.dtype))
+                    for n, a in out.items())
+    return tuple(
+        jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32)
+        for a in out.values()
+    )
 
-  # One plain batched forward for everything except x_1 when the JVP runs
-  # (the JVP's primal output *is* h(x_1)): originals, the W*T mixtures and,
-  # for K > 2, the G*T path points.
   pieces = []
   x1 = x[:, 0]
   if want_tan:
     h1, jd = jax.jvp(acts, (x1,), (x[:, 1] - x1,))
-    pieces.append(("orig", x[:, 1:].reshape((T * (K - 1),) + in_shape)))
+    pieces.append(x[:, 1:].reshape((T * (K - 1),) + in_shape))
   else:
     h1 = jd = None
-    pieces.append(("orig", x.reshape((T * K,) + in_shape)))
-  need_mix = want_mix or (
-      want_tan and K == 2
-  )  # K == 2: path points == mixtures
+    pieces.append(x.reshape((T * K,) + in_shape))
+  need_mix = want_mix or (want_tan and K == 2)  # K == 2: path points == mixtures
   if need_mix:
     xm = jnp.einsum(
         "wk,tk...->wt...", weights.astype(x.dtype), x, precision=_HIGHEST
     )
-    pieces.append(("mix", xm.reshape((W * T,) + in_shape)))
+    pieces.append(xm.reshape((W * T,) + in_shape))
+  G = 0
   if want_tan and K > 2:
     tt = jnp.asarray(tangent_t, x.dtype)
     G = tt.shape[0]
     shape_t = (G,) + (1,) * (x.ndim - 1)
     xp = x1[None] + tt.reshape(shape_t) * (x[:, 1] - x1)[None]  # (G, T, ...)
-    pieces.append(("path", xp.reshape((G * T,) + in_shape)))
-
-  sizes = [p.shape[0] for _, p in pieces]
-  z = (
-      pieces[0][1]
-      if len(pieces) == 1
-      else jnp.concatenate([p for _, p in pieces], axis=0)
-  )
+    pieces.append(xp.reshape((G * T,) + in_shape))
+  sizes = [p.shape[0] for p in pieces]
+  z = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
   hz = acts(z)
   offsets = np.cumsum([0] + sizes)
-  part = {
-      name: jax.tree.map(lambda a, s=s, e=e: a[s:e], hz)
-      for (name, _), s, e in zip(pieces, offsets[:-1], offsets[1:])
-  }
-
-  def originals(rest, first=None):
-    D = rest.shape[-1]
-    if first is None:
-      return rest.reshape(T, K, D)
-    return jnp.concatenate([first[:, None], rest.reshape(T, K - 1, D)], axis=1)
-
-  h = (
-      jax.tree.map(originals, part["orig"], h1)
-      if want_tan
-      else jax.tree.map(originals, part["orig"])
-  )
-  r = (
-      jax.tree.map(lambda a: a.reshape(W, T, -1), part["mix"])
-      if need_mix
-      else None
-  )
+  parts = [tuple(a[s:e] for a in hz) for s, e in zip(offsets[:-1], offsets[1:])]
+  orig = parts.pop(0)
+  if want_tan:
+    h = tuple(
+        jnp.concatenate([f[:, None], o.reshape(T, K - 1, -1)], axis=1)
+        for f, o in zip(h1, orig)
+    )
+  else:
+    h = tuple(o.reshape(T, K, -1) for o in orig)
+  r = tuple(a.reshape(W, T, -1) for a in parts.pop(0)) if need_mix else None
+  hp, t_vals = None, None
   if want_tan:
     if K == 2:
       hp, t_vals = r, weights[:, 1]
     else:
-      hp = jax.tree.map(lambda a: a.reshape(G, T, -1), part["path"])
+      hp = tuple(a.reshape(G, T, -1) for a in parts.pop(0))
       t_vals = jnp.asarray(tangent_t, jnp.float32)
-  else:
-    hp, t_vals = None, None
-
-  layers = sorted(h)
-  empty = {name: None for name in layers}
-  per_layer = jax.tree.map(
-      functools.partial(
-          _layer_metrics, weights=weights, tangent_t=t_vals, metrics=metrics
-      ),
-      h,
-      r if (r is not None and want_mix) else empty,
-      jd if want_tan else empty,
-      hp if want_tan else empty,
-      is_leaf=lambda v: v is None,
-  )
-  # {layer: {metric: v}} -> {metric: {layer: v}} (trace-time bookkeeping only)
-  return {m: {name: per_layer[name][m] for name in layers} for m in metrics}
+  return tuple(layers), h, r if want_mix else None, jd, hp, t_vals
 
 
-_per_tuple_jit = jax.jit(
-    _per_tuple_core, static_argnames=("apply_fn", "metrics")
-)
+def tuple_values(reps, variables, x, weights, tangent_t, metrics, *,
+                 logits_layers=(), degenerate_rtol=DEGENERATE_RTOL,
+                 constrain=None) -> dict:
+  """Traceable core: per-tuple metric values and degeneracy of every layer.
+
+  Args:
+    reps: ``reps(variables, x) -> {layer: (N, ...)}`` in network order (a
+      :class:`~mixlin_jax.linearity.representations.Representations`).
+    variables, x, weights, tangent_t, metrics: see :func:`per_tuple_metrics`.
+    logits_layers: names of layers holding class logits (``raw_gap`` is
+      taken on their log-probabilities).
+    degenerate_rtol: see the module docstring.
+    constrain: optional function applied to every batch given to ``reps``
+      (e.g. a sharding constraint).
+
+  Returns:
+    ``{"layers": ((name, shape, dtype), ...),
+    "values": {metric: {layer: (R, T)}},
+    "degenerate": {metric: {layer: (T,) bool}},
+    "tuple_degenerate": {layer: (T,) bool}}``; ``R`` is ``W`` or, for the
+    tangent residual with ``K > 2``, ``len(tangent_t)``.  Values of
+    degenerate tuples are finite but meaningless: mask them.
+  """
+  layers, h, r, jd, hp, t_vals = forward_points(
+      reps, variables, x, weights, tangent_t, metrics, constrain)
+  weights = jnp.asarray(weights, jnp.float32)
+  values = {m: {} for m in metrics}
+  degenerate = {m: {} for m in metrics}
+  tuple_degenerate = {}
+  for i, (name, shape, dtype) in enumerate(layers):
+    out, deg, tdeg = _layer_values(
+        h[i], None if r is None else r[i], None if jd is None else jd[i],
+        None if hp is None else hp[i], weights=weights, tangent_t=t_vals,
+        metrics=metrics, rtol=degenerate_rtol_for(dtype, degenerate_rtol),
+        shape=shape, log_probs=name in logits_layers)
+    for m in metrics:
+      values[m][name] = out[m]
+      degenerate[m][name] = deg[m]
+    tuple_degenerate[name] = tdeg
+  return {"layers": layers, "values": values, "degenerate": degenerate,
+          "tuple_degenerate": tuple_degenerate}
 
 
-def _resolve_tangent_t(num_points: int, weights, tangent_t):
+@functools.partial(
+    jax.jit,
+    static_argnames=("reps", "metrics", "logits_layers", "degenerate_rtol"))
+def _per_tuple_jit(variables, x, weights, tangent_t, *, reps, metrics,
+                   logits_layers, degenerate_rtol):
+  out = tuple_values(reps, variables, x, weights, tangent_t, metrics,
+                     logits_layers=logits_layers,
+                     degenerate_rtol=degenerate_rtol)
+  return {
+      m: {n: jnp.where(out["degenerate"][m][n][None], jnp.nan, v)
+          for n, v in out["values"][m].items()}
+      for m in metrics
+  }
+
+
+def _resolve_tangent_t(num_points: int, tangent_t):
   if num_points == 2:
     return None  # t = w_2, taken from the weights inside the computation
   return np.asarray(
@@ -386,41 +404,50 @@ def per_tuple_metrics(
     *,
     tangent_t: Sequence[float] | None = None,
     metrics: Sequence[str] = METRICS,
+    logits_layers: Sequence[str] = (),
+    degenerate_rtol: float = DEGENERATE_RTOL,
 ) -> dict:
   """Per-tuple metric values for every layer, in one jitted computation.
 
   Args:
     apply_fn: ``apply_fn(variables, x) -> (logits, {layer: (N, ...)})``,
-      inference mode, examples independent of each other in the batch.
+      inference mode, examples independent of each other in the batch
+      (layers sorted by name); or a
+      :class:`~mixlin_jax.linearity.representations.Representations`.
     variables: model variables (a pytree; traced).
     x_tuples: float ``(T, K, *input_shape)``.
-    weights: ``(W, K)`` rows on the simplex (see :func:`mixing_weights`).
+    weights: ``(W, K)`` rows on the simplex (see
+      :func:`~mixlin_jax.linearity.sampling.mixing_weights`).
     tangent_t: path parameters of the tangent residual, only used for
       ``K > 2`` (default ``DEFAULT_GRID``); for ``K = 2`` ``t = w_2``.
     metrics: subset of :data:`METRICS` (the JVP is skipped without
       ``tangent_residual``).
+    logits_layers: layers whose ``raw_gap`` is taken on log-probabilities.
+    degenerate_rtol: see the module docstring.
 
   Returns:
     ``{metric: {layer: (W, T) float32}}`` (``(len(tangent_t), T)`` for the
-    tangent residual when ``K > 2``), device arrays.
+    tangent residual when ``K > 2``), numpy arrays, layers in network order.
+    **NaN marks a tuple that is degenerate at that layer** (its points are
+    indistinguishable there, see the module docstring): it has no value.
 
-  Structure: the K originals are forwarded once per tuple (x_1 through the
-  JVP, whose primal is ``h(x_1)``), all W*T mixtures (and, for K > 2, the
-  path points) in the same batched forward, and the per-layer arithmetic is
-  mapped over the activations dict with ``jax.tree.map`` at trace time.
-  ``apply_fn`` is a static jit argument (hashed by identity): pass the same
-  function object each time, not a fresh lambda, or every call recompiles.
+  Two wrappers around the same model share one compilation (see
+  :class:`~mixlin_jax.linearity.representations.SameComputation`).
   """
-  metrics = _check_metrics(metrics)
+  metrics = check_metrics(metrics)
+  reps = reps_lib.as_representations(apply_fn)
+  x_tuples = jnp.asarray(x_tuples)
   K = x_tuples.shape[1]
-  return _per_tuple_jit(
-      apply_fn,
-      variables,
-      x_tuples,
-      weights,
-      _resolve_tangent_t(K, weights, tangent_t),
-      metrics,
-  )
+  weights = check_weights(weights, K)
+  out = _per_tuple_jit(variables, x_tuples, weights,
+                       _resolve_tangent_t(K, tangent_t), reps=reps,
+                       metrics=metrics, logits_layers=tuple(logits_layers),
+                       degenerate_rtol=float(degenerate_rtol))
+  order = [spec.name for spec in reps_lib.layer_specs(
+      reps, variables, jax.ShapeDtypeStruct(
+          (2,) + x_tuples.shape[2:],
+          jnp.promote_types(x_tuples.dtype, jnp.float32)))]
+  return {m: {n: np.asarray(out[m][n]) for n in order} for m in metrics}
 
 
 # ---------------------------------------------------------------------------
@@ -435,44 +462,60 @@ def naive_per_tuple_metrics(
     *,
     tangent_t: Sequence[float] | None = None,
     metrics: Sequence[str] = METRICS,
+    logits_layers: Sequence[str] = (),
+    degenerate_rtol: float = DEGENERATE_RTOL,
 ) -> dict:
   """Same values as :func:`per_tuple_metrics`, the obvious way.
 
   A Python loop over weights (one forward per weight vector, transferred to
   host) and over layers, numpy float64 arithmetic, the interpolation
   denominator computed directly as ``sum_i w_i ||h_i - m||^2`` (not via
-  pairwise distances) and the tangent path points forwarded separately even
-  for K = 2.  It exists as an independent reference for the tests and as the
-  baseline of the benchmark; do not use it for real evaluations.
+  pairwise distances), the tuple spread as ``mean_i ||h_i - hbar||^2`` and
+  the tangent path points forwarded separately even for K = 2.  It exists as
+  an independent reference for the tests and as the baseline of the
+  benchmark; do not use it for real evaluations.
   """
-  metrics = _check_metrics(metrics)
+  metrics = check_metrics(metrics)
+  reps = reps_lib.as_representations(apply_fn)
   x = np.asarray(x_tuples, dtype=np.float64)
   w = np.asarray(weights, dtype=np.float64)
   T, K = x.shape[:2]
   in_shape = x.shape[2:]
+  shapes, dtypes = {}, {}
 
   def fwd(z):
-    acts = apply_fn(variables, jnp.asarray(z, jnp.float32))[1]
-    return {
-        k: (
-            np.asarray(jnp.asarray(v, jnp.float32), np.float64).reshape(
-                z.shape[0], -1
-            )
-        )
-        for k, v in acts.items()
-    }
+    acts = reps(variables, jnp.asarray(z, jnp.float32))
+    out = {}
+    for k, v in acts.items():
+      shapes[k], dtypes[k] = v.shape[1:], v.dtype
+      out[k] = np.asarray(jnp.asarray(v, jnp.float32), np.float64).reshape(
+          z.shape[0], -1)
+    return out
+
+  def log_probs(a, name):
+    full = a.reshape(a.shape[:-1] + tuple(shapes[name]))
+    full = full - full.max(-1, keepdims=True)
+    full = full - np.log(np.exp(full).sum(-1, keepdims=True))
+    return full.reshape(a.shape)
 
   orig = fwd(x.reshape((T * K,) + in_shape))
-  layers = sorted(orig)
+  layers = list(orig)
   h = {name: orig[name].reshape(T, K, -1) for name in layers}
-  out = {
-      m: {name: np.zeros((w.shape[0], T)) for name in layers} for m in metrics
-  }
 
   def ratio(num, den, scale):
     return num / np.maximum(den, np.maximum(EPS_REL * scale, TINY))
 
-  if "interp_error" in metrics or "relative_error" in metrics:
+  def degenerate(points, name):  # points: (T, n, D)
+    centroid = points.mean(1, keepdims=True)
+    spread = ((points - centroid) ** 2).sum(-1).mean(1)
+    rtol = degenerate_rtol_for(dtypes[name], degenerate_rtol)
+    return spread <= rtol * (points ** 2).sum(-1).mean(1)
+
+  out = {m: {} for m in metrics}
+  if any(m in metrics for m in ("interp_error", "relative_error", "raw_gap")):
+    for m in metrics:
+      if m != "tangent_residual":
+        out[m] = {name: np.zeros((w.shape[0], T)) for name in layers}
     for wi in range(w.shape[0]):
       xm = np.zeros((T,) + in_shape)
       for k in range(K):
@@ -488,6 +531,17 @@ def naive_per_tuple_metrics(
           out["interp_error"][name][wi] = ratio(num, den, second)
         if "relative_error" in metrics:
           out["relative_error"][name][wi] = ratio(num, (m**2).sum(-1), second)
+        if "raw_gap" in metrics:
+          if name in logits_layers:
+            lm = sum(w[wi, k] * log_probs(hl[:, k], name) for k in range(K))
+            gap = np.sqrt(((log_probs(r[name], name) - lm) ** 2).sum(-1))
+          else:
+            gap = np.sqrt(num)
+          out["raw_gap"][name][wi] = gap
+    for m in ("interp_error", "relative_error"):
+      if m in metrics:
+        for name in layers:
+          out[m][name][:, degenerate(h[name], name)] = np.nan
 
   if "tangent_residual" in metrics:
     ts = (
@@ -499,7 +553,7 @@ def naive_per_tuple_metrics(
     )
     x1, d = x[:, 0], x[:, 1] - x[:, 0]
     _, jd = jax.jvp(
-        lambda z: apply_fn(variables, z)[1],
+        lambda z: reps(variables, z),
         (jnp.asarray(x1, jnp.float32),),
         (jnp.asarray(d, jnp.float32),),
     )
@@ -518,240 +572,7 @@ def naive_per_tuple_metrics(
         out["tangent_residual"][name][ti] = ratio(
             (res**2).sum(-1), (diff**2).sum(-1), scale
         )
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Streaming evaluator
-
-
-def _merge_stats(n, mean, m2, values, mask):
-  """Chan et al. parallel update of (count, mean, M2) with a masked batch.
-
-  values: (W, B); mask: (B,) bool.  Numerically stable, unlike running
-  sums of v and v^2 in float32 (whose difference cancels when the spread
-  is small relative to the mean).
-  """
-  nb = jnp.sum(mask).astype(jnp.float32)
-  safe = jnp.where(mask[None], values, 0.0)
-  bmean = jnp.sum(safe, axis=-1) / jnp.maximum(nb, 1.0)
-  bm2 = jnp.sum(
-      jnp.where(mask[None], jnp.square(values - bmean[:, None]), 0.0), axis=-1
-  )
-  tot = jnp.maximum(n + nb, 1.0)
-  delta = bmean - mean
-  return mean + delta * (nb / tot), m2 + bm2 + jnp.square(delta) * (
-      n * nb / tot
-  )
-
-
-def _evaluate(
-    apply_fn,
-    preprocess,
-    metrics,
-    variables,
-    images,
-    tuples,
-    mask,
-    weights,
-    tangent_t,
-    *,
-    constrain=None,
-):
-  """All tuple batches in one jitted ``lax.scan``; returns mean/stderr on device."""
-  _, B, K = tuples.shape
-
-  def batch_values(idx):
-    idx = idx.reshape(-1)
-    if constrain is not None:  # each device gathers only its tuples
-      idx = constrain(idx)
-    x = images[idx]  # on-device gather (B*K, ...)
-    x = preprocess(x) if preprocess is not None else x.astype(jnp.float32)
-    x = x.reshape((B, K) + x.shape[1:])
-    if constrain is not None:
-      x = constrain(x)
-    return _per_tuple_core(
-        apply_fn, variables, x, weights, tangent_t, metrics, constrain
-    )
-
-  shapes = jax.eval_shape(batch_values, tuples[0])
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[:1], jnp.float32), shapes)
-  init = (jnp.zeros((), jnp.float32), zeros, zeros)
-
-  def body(carry, inp):
-    n, mean, m2 = carry
-    idx, msk = inp
-    vals = batch_values(idx)
-    merged = jax.tree.map(
-        lambda a, b, v: _merge_stats(n, a, b, v, msk), mean, m2, vals
-    )
-    is_pair = lambda v: isinstance(v, tuple)
-    new_mean = jax.tree.map(lambda p: p[0], merged, is_leaf=is_pair)
-    new_m2 = jax.tree.map(lambda p: p[1], merged, is_leaf=is_pair)
-    return (n + jnp.sum(msk).astype(jnp.float32), new_mean, new_m2), None
-
-  (n, mean, m2), _ = lax.scan(body, init, (tuples, mask))
-  # stderr = std(ddof=1) / sqrt(n); undefined (NaN) for a single tuple.
-  stderr = jax.tree.map(
-      lambda s: jnp.where(
-          n > 1, jnp.sqrt(s / jnp.maximum(n - 1, 1.0) / n), jnp.nan
-      ),
-      m2,
-  )
-  return {"mean": mean, "stderr": stderr}
-
-
-class LinearityEvaluator:
-  """Streams the linearity metrics over fixed tuples of an evaluation split.
-
-  Tuples and weights are drawn once, in ``__init__``, from ``key`` (split
-  into a tuple key and a weight key), so every call -- every epoch, every
-  run with the same configuration -- evaluates the same tuples and weights.
-  ``__call__`` is one jitted computation: a ``lax.scan`` over tuple batches
-  that gathers the tuple images from the device-resident ``images``, runs
-  :func:`per_tuple_metrics`' body and merges (count, mean, M2) per
-  metric/layer/weight on device; the last partial batch is padded (with
-  copies of the first tuple) and masked out.  One host transfer per call.
-  It is compiled once per variables structure.
-
-  Args:
-    apply_fn: ``apply_fn(variables, x) -> (logits, {layer: (N, ...)})``.
-    images: evaluation split ``(N, *input_shape)`` (uint8 or float); kept
-      on device.
-    num_points: K, points per tuple (2 = mixup segments).
-    num_tuples: number of tuples T.
-    batch_size: tuples per scan step; a forward then has about
-      ``batch_size * (K + W)`` examples (plus the path points for K > 2).
-    key: jax key or int seed.
-    grid: t values for K = 2 weights and for the K > 2 tangent path.
-    num_dirichlet: number of weight vectors for K > 2.
-    metrics: subset of :data:`METRICS`.
-    preprocess: optional jittable ``(N, ...) uint8 -> float`` normalization,
-      applied to the gathered originals before mixing.
-    mesh: optional ``jax.sharding.Mesh`` (e.g. the training mesh, which may
-      span several processes).  Then the constant inputs are replicated on
-      it, every tuple batch and every forward batch is sharded along the
-      batch dimension over all its axes, and the result is replicated, so
-      each device computes ``1 / mesh.size`` of every forward.  The values
-      do not depend on the mesh (up to float reassociation).  Without a
-      mesh, everything runs where jit puts it (one device).
-  """
-
-  def __init__(
-      self,
-      apply_fn: Callable,
-      images,
-      *,
-      num_points: int,
-      num_tuples: int,
-      batch_size: int,
-      key,
-      grid: Sequence[float] = DEFAULT_GRID,
-      num_dirichlet: int = 8,
-      metrics: Sequence[str] = METRICS,
-      preprocess: Callable | None = None,
-      mesh: jax.sharding.Mesh | None = None,
-  ):
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.metrics = _check_metrics(metrics)
-    self.images = jnp.asarray(images)
-    self.num_points = int(num_points)
-    self.num_tuples = int(num_tuples)
-    key_tuples, key_weights = jax.random.split(_as_key(key))
-    self.tuples = draw_tuples(
-        key_tuples, self.images.shape[0], self.num_tuples, self.num_points
-    )
-    self.weights = mixing_weights(
-        self.num_points, grid, num_dirichlet, key_weights
-    )
-    if self.num_points == 2:
-      self.tangent_t = self.weights[:, 1].copy()
-    else:
-      self.tangent_t = np.asarray(grid, np.float32).reshape(-1)
-    self.batch_size = min(int(batch_size), self.num_tuples)
-    nb = math.ceil(self.num_tuples / self.batch_size)
-    pad = nb * self.batch_size - self.num_tuples
-    padded = np.concatenate(
-        [self.tuples, np.repeat(self.tuples[:1], pad, axis=0)]
-    )
-    mask = np.arange(nb * self.batch_size) < self.num_tuples
-    self._tuples_dev = jnp.asarray(
-        padded.reshape(nb, self.batch_size, self.num_points)
-    )
-    self._mask_dev = jnp.asarray(mask.reshape(nb, self.batch_size))
-    self._weights_dev = jnp.asarray(self.weights)
-    self._tangent_dev = (
-        None if self.num_points == 2 else jnp.asarray(self.tangent_t)
-    )
-    constrain, jit_kwargs = None, {}
-    if mesh is not None:
-      rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      batch = jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec(mesh.axis_names)
-      )
-      constrain = functools.partial(
-          jax.lax.with_sharding_constraint, shardings=batch
-      )
-      jit_kwargs = {"out_shardings": rep}
-
-      def place(a):  # host values, identical on every process -> replicated
-        if a is None or (
-            isinstance(a, jax.Array) and a.sharding.device_set == rep.device_set
-        ):
-          return a
-        return jax.make_array_from_process_local_data(rep, np.asarray(a))
-
-      self.images = place(images)
-      self._tuples_dev = place(
-          padded.reshape(nb, self.batch_size, self.num_points)
-      )
-      self._mask_dev = place(mask.reshape(nb, self.batch_size))
-      self._weights_dev = place(self.weights)
-      self._tangent_dev = (
-          None if self.num_points == 2 else place(self.tangent_t)
-      )
-    self._run = jax.jit(
-        functools.partial(
-            _evaluate, apply_fn, preprocess, self.metrics, constrain=constrain
-        ),
-        **jit_kwargs,
-    )
-
-  def __call__(self, variables) -> dict:
-    """Returns nested python floats::
-
-        {"weights": [[w_1..w_K], ...], "layers": [sorted names],
-         "tangent_t": [t, ...],          # only with tangent_residual
-         "num_tuples": T,
-         metric: {layer: {"mean": [W floats], "stderr": [W floats]}}}
-
-    For K > 2 the tangent residual lists are indexed by ``tangent_t``.
-    """
-    stats = self._run(
-        variables,
-        self.images,
-        self._tuples_dev,
-        self._mask_dev,
-        self._weights_dev,
-        self._tangent_dev,
-    )
-    stats = jax.device_get(stats)  # the single host transfer
-    mean, stderr = stats["mean"], stats["stderr"]
-    layers = sorted(mean[self.metrics[0]])
-    out: dict = {
-        "weights": self.weights.astype(float).tolist(),
-        "layers": list(layers),
-    }
-    if "tangent_residual" in self.metrics:
-      out["tangent_t"] = self.tangent_t.astype(float).tolist()
-    out["num_tuples"] = self.num_tuples
-    for m in self.metrics:
-      out[m] = {
-          name: {
-              "mean": np.asarray(mean[m][name], np.float64).tolist(),
-              "stderr": np.asarray(stderr[m][name], np.float64).tolist(),
-          }
-          for name in layers
-      }
-    return out
+    for name in layers:
+      out["tangent_residual"][name][:, degenerate(h[name][:, :2], name)] = (
+          np.nan)
+  return {m: out[m] for m in metrics}
