@@ -143,10 +143,14 @@ def test_vectorized_matches_naive(K):
   x = _x_tuples(7, K, seed=K)
   w = L.mixing_weights(K, key=jax.random.key(5))
   logits = ("03_logits",)  # raw_gap on log-probabilities there
-  fast = _np(L.per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w,
-                                 logits_layers=logits))
-  slow = L.naive_per_tuple_metrics(nonlinear_apply, _mlp_vars(), x, w,
-                                   logits_layers=logits)
+  fast = _np(
+      L.per_tuple_metrics(
+          nonlinear_apply, _mlp_vars(), x, w, logits_layers=logits
+      )
+  )
+  slow = L.naive_per_tuple_metrics(
+      nonlinear_apply, _mlp_vars(), x, w, logits_layers=logits
+  )
   n_t = len(L.DEFAULT_GRID) if K > 2 else w.shape[0]
   for metric in L.METRICS:
     assert list(fast[metric]) == ["00_stem", "01_conv", "02_mlp", "03_logits"]
@@ -309,8 +313,9 @@ def test_evaluator_matches_numpy_statistics(K):
   x = _preprocess(jnp.asarray(images)[ev.tuples])  # (T, K, ...)
   # "NN_logits" layers hold logits (the project's naming convention).
   assert ev.logits_layers == ("03_logits",)
-  ref = L.naive_per_tuple_metrics(nonlinear_apply, variables, x, ev.weights,
-                                  logits_layers=ev.logits_layers)
+  ref = L.naive_per_tuple_metrics(
+      nonlinear_apply, variables, x, ev.weights, logits_layers=ev.logits_layers
+  )
   layers = ["00_stem", "01_conv", "02_mlp", "03_logits"]
   assert res["layers"] == layers
   assert res["num_tuples"] == 13

@@ -40,6 +40,7 @@ class LoweringCounter:
 
 
 class MLP(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = nn.tanh(nn.Dense(12, name="hidden")(x.reshape(x.shape[0], -1)))
@@ -47,6 +48,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     return nn.relu(nn.Dense(8, name="inner")(x)) + x
@@ -65,8 +67,9 @@ class Nested(nn.Module):
 
 
 def _images(n=24, shape=(3, 3, 2), seed=0):
-  return np.random.default_rng(seed).normal(size=(n,) + shape).astype(
-      np.float32)
+  return (
+      np.random.default_rng(seed).normal(size=(n,) + shape).astype(np.float32)
+  )
 
 
 def _init(model, images, **kwargs):
@@ -80,15 +83,24 @@ def _assert_same_stats(record, legacy, mapping, rtol=1e-4):
   for metric in L.METRICS:
     for new_name, old_name in mapping.items():
       got, want = record[metric][new_name], legacy[metric][old_name]
-      np.testing.assert_allclose(got["mean"], want["mean"], rtol=rtol,
-                                 atol=1e-7, err_msg=f"{metric} {new_name}")
-      np.testing.assert_allclose(got["stderr"], want["stderr"], rtol=1e-3,
-                                 atol=1e-7, err_msg=f"{metric} {new_name}")
+      np.testing.assert_allclose(
+          got["mean"],
+          want["mean"],
+          rtol=rtol,
+          atol=1e-7,
+          err_msg=f"{metric} {new_name}",
+      )
+      np.testing.assert_allclose(
+          got["stderr"],
+          want["stderr"],
+          rtol=1e-3,
+          atol=1e-7,
+          err_msg=f"{metric} {new_name}",
+      )
 
 
 def _legacy(apply_fn, images, **kwargs):
-  return L.LinearityEvaluator(apply_fn, images, num_points=2, **SMALL,
-                              **kwargs)
+  return L.LinearityEvaluator(apply_fn, images, num_points=2, **SMALL, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -103,14 +115,16 @@ def test_logits_only_model_matches_hand_written_adapter():
   assert result.layers == ["hidden", "output"]  # module paths, call order
 
   def adapter(v, x):  # what a user had to write before
-    out, state = model.apply(v, x, capture_intermediates=True,
-                             mutable=["intermediates"])
+    out, state = model.apply(
+        v, x, capture_intermediates=True, mutable=["intermediates"]
+    )
     hidden = state["intermediates"]["hidden"]["__call__"][0]
     return out, {"00_hidden": hidden, "01_logits": out}
 
   legacy = _legacy(adapter, images)(variables)
-  _assert_same_stats(result.record, legacy,
-                     {"hidden": "00_hidden", "output": "01_logits"})
+  _assert_same_stats(
+      result.record, legacy, {"hidden": "00_hidden", "output": "01_logits"}
+  )
 
 
 def test_nested_submodules_in_call_order_match_adapter():
@@ -118,8 +132,17 @@ def test_nested_submodules_in_call_order_match_adapter():
   model = Nested()
   variables = _init(model, images)
   result = L.measure(model, variables, images, **SMALL)
-  assert result.layers == ["stem", "b1/inner", "b1", "shared/inner",
-                           "shared/inner#1", "shared", "shared#1", "output"]
+  assert result.layers == [
+      "stem",
+      "b1/inner",
+      "b1",
+      "shared/inner",
+      "shared/inner#1",
+      "shared",
+      "shared#1",
+      "output",
+  ]
+
   # Filters: a path regex, module types, a Flax filter function.
   def names(layers):
     reps = L.Representations.of_model(model, layers=layers)
@@ -128,40 +151,65 @@ def test_nested_submodules_in_call_order_match_adapter():
   assert names(r"^(b1|stem)$") == ["stem", "b1", "output"]
   assert names(Block) == ["b1", "shared", "shared#1", "output"]
   assert names(lambda mdl, method: mdl.name == "inner") == [
-      "b1/inner", "shared/inner", "shared/inner#1", "output"]
+      "b1/inner",
+      "shared/inner",
+      "shared/inner#1",
+      "output",
+  ]
   assert names(()) == ["output"]
 
   def adapter(v, x):
-    out, state = model.apply(v, x, capture_intermediates=True,
-                             mutable=["intermediates"])
+    out, state = model.apply(
+        v, x, capture_intermediates=True, mutable=["intermediates"]
+    )
     inter = state["intermediates"]
     shared = inter["shared"]["__call__"]
-    return out, {"00_stem": inter["stem"]["__call__"][0],
-                 "01_b1": inter["b1"]["__call__"][0],
-                 "02_shared": shared[0], "03_shared1": shared[1],
-                 "04_logits": out}
+    return out, {
+        "00_stem": inter["stem"]["__call__"][0],
+        "01_b1": inter["b1"]["__call__"][0],
+        "02_shared": shared[0],
+        "03_shared1": shared[1],
+        "04_logits": out,
+    }
 
   legacy = _legacy(adapter, images)(variables)
-  _assert_same_stats(result.record, legacy,
-                     {"stem": "00_stem", "b1": "01_b1", "shared": "02_shared",
-                      "shared#1": "03_shared1", "output": "04_logits"})
+  _assert_same_stats(
+      result.record,
+      legacy,
+      {
+          "stem": "00_stem",
+          "b1": "01_b1",
+          "shared": "02_shared",
+          "shared#1": "03_shared1",
+          "output": "04_logits",
+      },
+  )
 
 
 def test_project_cnn_generic_path_matches_training_evaluator():
   images = _images(20, (8, 8, 1))
   cnn = SmallCNN(num_classes=10)
   variables = _init(cnn, images, train=False)
-  result = L.measure(cnn, variables, images, layers=(),
-                     apply_kwargs={"train": False},
-                     logits_layer=("output/0", "output/1/04_logits"), **SMALL)
+  result = L.measure(
+      cnn,
+      variables,
+      images,
+      layers=(),
+      apply_kwargs={"train": False},
+      logits_layer=("output/0", "output/1/04_logits"),
+      **SMALL,
+  )
   names = ["00_conv1", "01_conv2", "02_conv3", "03_pooled", "04_logits"]
   assert result.layers == ["output/0"] + [f"output/1/{n}" for n in names]
   legacy = _legacy(lambda v, x: cnn.apply(v, x, train=False), images)(
-      variables)  # the train.py contract
+      variables
+  )  # the train.py contract
   assert legacy["layers"] == names
-  _assert_same_stats(result.record, legacy,
-                     {f"output/1/{n}": n for n in names} | {
-                         "output/0": "04_logits"})
+  _assert_same_stats(
+      result.record,
+      legacy,
+      {f"output/1/{n}": n for n in names} | {"output/0": "04_logits"},
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +217,7 @@ def test_project_cnn_generic_path_matches_training_evaluator():
 
 
 class BNModel(nn.Module):
+
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dense(6)(x.reshape(x.shape[0], -1))
@@ -176,6 +225,7 @@ class BNModel(nn.Module):
 
 
 class DropoutModel(nn.Module):
+
   @nn.compact
   def __call__(self, x, deterministic: bool = False):
     x = nn.Dense(6)(x.reshape(x.shape[0], -1))
@@ -192,6 +242,7 @@ class ScalarInside(nn.Module):
 
 
 class Total(nn.Module):
+
   def __call__(self, h):
     return jnp.mean(h)
 
@@ -206,48 +257,94 @@ def test_bad_inputs_get_clear_errors():
       L.measure(*args, **{**SMALL, **kwargs})
 
   # Weights off the simplex or of the wrong shape.
-  raises(r"weights must lie on the simplex.*row 0 is \[0\.5, 0\.9\]",
-         mlp, v, images, weights=[[0.5, 0.9]])
-  raises(r"weights must lie on the simplex", mlp, v, images,
-         weights=[[1.2, -0.2]])
-  raises(r"weights must have shape \(num_weights, num_points=2\)", mlp, v,
-         images, weights=[[0.2, 0.3, 0.5]])
+  raises(
+      r"weights must lie on the simplex.*row 0 is \[0\.5, 0\.9\]",
+      mlp,
+      v,
+      images,
+      weights=[[0.5, 0.9]],
+  )
+  raises(
+      r"weights must lie on the simplex", mlp, v, images, weights=[[1.2, -0.2]]
+  )
+  raises(
+      r"weights must have shape \(num_weights, num_points=2\)",
+      mlp,
+      v,
+      images,
+      weights=[[0.2, 0.3, 0.5]],
+  )
   # A model applied without its mode argument, or in training mode.
   bn = BNModel()
   vbn = bn.init(jax.random.key(0), images[:2], train=False)
   raises(r"model: calling it failed .*apply_kwargs", bn, vbn, images)
-  raises(r"model: applying it writes to a variable collection.*BatchNorm",
-         bn, vbn, images, apply_kwargs={"train": True})
-  raises(r"model: it asks for a random key.*dropout", DropoutModel(),
-         _init(DropoutModel(), images, deterministic=True), images)
+  raises(
+      r"model: applying it writes to a variable collection.*BatchNorm",
+      bn,
+      vbn,
+      images,
+      apply_kwargs={"train": True},
+  )
+  raises(
+      r"model: it asks for a random key.*dropout",
+      DropoutModel(),
+      _init(DropoutModel(), images, deterministic=True),
+      images,
+  )
   # Outputs that depend on the rest of the batch, hidden in a function.
-  raises(r"model: an example's representations change when it is evaluated"
-         r" together with other examples",
-         lambda v_, x: bn.apply(v_, x, train=True, mutable=["batch_stats"])[0],
-         vbn, images)
+  raises(
+      r"model: an example's representations change when it is evaluated"
+      r" together with other examples",
+      lambda v_, x: bn.apply(v_, x, train=True, mutable=["batch_stats"])[0],
+      vbn,
+      images,
+  )
   dropout = DropoutModel()
-  raises(r"depend|change when it is evaluated together",
-         lambda v_, x: dropout.apply(v_, x, rngs={"dropout": jax.random.key(1)}),
-         _init(dropout, images, deterministic=True), images)
+  raises(
+      r"depend|change when it is evaluated together",
+      lambda v_, x: dropout.apply(v_, x, rngs={"dropout": jax.random.key(1)}),
+      _init(dropout, images, deterministic=True),
+      images,
+  )
   # An activation without a batch axis.
-  raises(r"layer 'total' has shape \(\) .*no leading batch axis",
-         ScalarInside(), _init(ScalarInside(), images), images)
-  raises(r"layer 'output' has shape \(\)", lambda v_, x: jnp.sum(x), {},
-         images)
+  raises(
+      r"layer 'total' has shape \(\) .*no leading batch axis",
+      ScalarInside(),
+      _init(ScalarInside(), images),
+      images,
+  )
+  raises(r"layer 'output' has shape \(\)", lambda v_, x: jnp.sum(x), {}, images)
   # Integer inputs: refused with the two ways out.
-  raises(r"images: integer inputs \(int32\) cannot be mixed.*mix_at=.*"
-         r"preprocess=", mlp, v, images.astype(np.int32))
+  raises(
+      r"images: integer inputs \(int32\) cannot be mixed.*mix_at=.*"
+      r"preprocess=",
+      mlp,
+      v,
+      images.astype(np.int32),
+  )
   # Unknown metrics, layers spec, NNX modules.
-  raises(r"metrics must be a non-empty subset", mlp, v, images,
-         metrics=("nope",))
-  raises(r"layers, mix_at and apply_kwargs need a flax.linen.Module",
-         lambda v_, x: mlp.apply(v_, x), v, images, layers="hidden")
+  raises(
+      r"metrics must be a non-empty subset", mlp, v, images, metrics=("nope",)
+  )
+  raises(
+      r"layers, mix_at and apply_kwargs need a flax.linen.Module",
+      lambda v_, x: mlp.apply(v_, x),
+      v,
+      images,
+      layers="hidden",
+  )
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  raises(r"Flax NNX modules are not supported.*nnx.split",
-         nnx.Linear(18, 3, rngs=nnx.Rngs(0)), {}, images)
+
+  raises(
+      r"Flax NNX modules are not supported.*nnx.split",
+      nnx.Linear(18, 3, rngs=nnx.Rngs(0)),
+      {},
+      images,
+  )
 
 
 class TokenModel(nn.Module):
+
   @nn.compact
   def __call__(self, tokens):
     e = nn.Embed(11, 6, name="embed")(tokens)
@@ -256,16 +353,17 @@ class TokenModel(nn.Module):
 
 
 class MaskedTokenModel(TokenModel):
+
   @nn.compact
   def __call__(self, tokens):
     e = nn.Embed(11, 6, name="embed")(tokens)
-    return nn.Dense(3, name="head")(
-        (e * (tokens != 0)[..., None]).mean(axis=1))
+    return nn.Dense(3, name="head")((e * (tokens != 0)[..., None]).mean(axis=1))
 
 
 def test_integer_inputs_mix_after_the_embedding():
-  tokens = np.random.default_rng(0).integers(1, 11, size=(16, 5)).astype(
-      np.int32)
+  tokens = (
+      np.random.default_rng(0).integers(1, 11, size=(16, 5)).astype(np.int32)
+  )
   model = TokenModel()
   variables = _init(model, tokens)
   result = L.measure(model, variables, tokens, mix_at="embed", **SMALL)
@@ -277,13 +375,15 @@ def test_integer_inputs_mix_after_the_embedding():
   def from_embedding(v, e):
     p = v["params"]
     mix = e @ p["mix"]["kernel"] + p["mix"]["bias"]
-    logits = jnp.tanh(mix).mean(axis=1) @ p["head"]["kernel"] + p["head"][
-        "bias"]
+    logits = (
+        jnp.tanh(mix).mean(axis=1) @ p["head"]["kernel"] + p["head"]["bias"]
+    )
     return logits, {"00_mix": mix, "01_logits": logits}
 
   legacy = _legacy(from_embedding, embedded)(variables)
-  _assert_same_stats(result.record, legacy,
-                     {"mix": "00_mix", "output": "01_logits"})
+  _assert_same_stats(
+      result.record, legacy, {"mix": "00_mix", "output": "01_logits"}
+  )
   # A model that also reads the tokens elsewhere (a padding mask) is refused.
   masked = MaskedTokenModel()
   with pytest.raises(ValueError, match=r"reads its inputs elsewhere"):
@@ -305,21 +405,25 @@ class Probe(nn.Module):
     square = Square(name="square")(flat)  # h(-1) == h(1)
     constant = Constant(name="constant")(flat)  # same value for every input
     dead = Dead(name="dead")(flat)  # all zeros
-    return nn.Dense(3, name="head")(flat) + 0 * (square + constant + dead
-                                                 ).sum(-1, keepdims=True)
+    return nn.Dense(3, name="head")(flat) + 0 * (square + constant + dead).sum(
+        -1, keepdims=True
+    )
 
 
 class Square(nn.Module):
+
   def __call__(self, x):
     return x * x
 
 
 class Constant(nn.Module):
+
   def __call__(self, x):
     return jnp.zeros_like(x) + 2.5
 
 
 class Dead(nn.Module):
+
   def __call__(self, x):
     return jax.nn.relu(-jnp.abs(x) - 1.0)
 
@@ -346,9 +450,15 @@ def test_identical_points_and_constant_layers_are_excluded_and_counted(K):
   model = Probe()
   variables = _init(model, images)
   ev = L.LinearityEvaluator(
-      L.Representations.of_model(model), images, num_points=K,
-      num_tuples=T_PROBE, batch_size=T_PROBE, key=1, grid=(0.3, 0.7),
-      num_dirichlet=2)
+      L.Representations.of_model(model),
+      images,
+      num_points=K,
+      num_tuples=T_PROBE,
+      batch_size=T_PROBE,
+      key=1,
+      grid=(0.3, 0.7),
+      num_dirichlet=2,
+  )
   record = ev(variables)
   tuples = [set(t) for t in ev.tuples.tolist()]
   same = sum({0, 10} <= t and len(t - {0, 10}) == 0 for t in tuples)
@@ -375,7 +485,8 @@ def test_identical_points_and_constant_layers_are_excluded_and_counted(K):
   for layer in record["layers"]:
     _summary_finite(record, layer)
   assert record["raw_gap"]["constant"]["mean"] == [0.0] * len(
-      record["raw_gap"]["constant"]["mean"])
+      record["raw_gap"]["constant"]["mean"]
+  )
 
 
 def test_tuple_of_identical_points_scores_nothing_not_noise():
@@ -384,13 +495,20 @@ def test_tuple_of_identical_points_scores_nothing_not_noise():
   # above, so the compiled program is shared.
   images = np.repeat(_images(1, (8, 8, 1)), 20, axis=0)
   variables = _init(cnn, images, train=False)
-  result = L.measure(cnn, variables, images, layers=(),
-                     apply_kwargs={"train": False},
-                     logits_layer=("output/0", "output/1/04_logits"), **SMALL)
+  result = L.measure(
+      cnn,
+      variables,
+      images,
+      layers=(),
+      apply_kwargs={"train": False},
+      logits_layer=("output/0", "output/1/04_logits"),
+      **SMALL,
+  )
   table = result.table
   normalized = table[table.metric != "raw_gap"]
-  assert (normalized["count"] == 0).all() and (normalized["degenerate"] == 9
-                                                ).all()
+  assert (normalized["count"] == 0).all() and (
+      normalized["degenerate"] == 9
+  ).all()
   assert sorted(result.collapsed_layers) == sorted(result.layers)
   raw = table[table.metric == "raw_gap"]
   assert np.all(np.isfinite(raw["mean"])) and raw["mean"].max() < 1e-4
@@ -398,16 +516,24 @@ def test_tuple_of_identical_points_scores_nothing_not_noise():
 
 def test_collapsed_layer_is_flagged_in_summary_table_and_figure():
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   images = _images(12, (1, 1, 2))
   model = Probe()
   # The evaluator settings of the test above: one shared compilation.
-  result = L.measure(model, _init(model, images), images,
-                     num_tuples=T_PROBE, batch_size=T_PROBE, key=1,
-                     grid=(0.3, 0.7))
+  result = L.measure(
+      model,
+      _init(model, images),
+      images,
+      num_tuples=T_PROBE,
+      batch_size=T_PROBE,
+      key=1,
+      grid=(0.3, 0.7),
+  )
   summary = result.summary()
-  assert summary.loc["dead", "collapsed"] and summary.loc["constant",
-                                                          "collapsed"]
+  assert (
+      summary.loc["dead", "collapsed"] and summary.loc["constant", "collapsed"]
+  )
   assert not summary.loc["output", "collapsed"]
   assert np.isnan(summary.loc["dead", "interp_error"])
   assert result.table.query("layer == 'dead'")["collapsed"].all()
@@ -432,8 +558,7 @@ def test_one_compilation_for_different_wrappers_of_one_model():
     return lambda v, x: model.apply(v, x)
 
   metrics = ("interp_error", "raw_gap")  # a small program: fast to compile
-  first = L.measure(make_lambda(), variables, images, metrics=metrics,
-                    **SMALL)
+  first = L.measure(make_lambda(), variables, images, metrics=metrics, **SMALL)
   with LoweringCounter() as lowerings:
     for wrapper in (make_lambda(), as_def, make_lambda()):
       again = L.measure(wrapper, variables, images, metrics=metrics, **SMALL)
@@ -446,8 +571,13 @@ def test_one_compilation_for_different_wrappers_of_one_model():
   assert lowerings.count == 0
   # A different computation does compile.
   with LoweringCounter() as lowerings:
-    L.measure(lambda v, x: model.apply(v, x) * 2.0, variables, images,
-              metrics=metrics, **SMALL)
+    L.measure(
+        lambda v, x: model.apply(v, x) * 2.0,
+        variables,
+        images,
+        metrics=metrics,
+        **SMALL,
+    )
   assert lowerings.count == 1
 
 
@@ -473,13 +603,13 @@ def test_raw_gap_matches_numpy():
   images = _images(10)
   model = MLP()
   variables = _init(model, images)
-  result = L.measure(model, variables, images, num_tuples=7, key=5,
-                     metrics=("raw_gap",))
+  result = L.measure(
+      model, variables, images, num_tuples=7, key=5, metrics=("raw_gap",)
+  )
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
 
   def forward(x):
-    hidden = x.reshape(len(x), -1) @ p["hidden"]["kernel"] + p["hidden"][
-        "bias"]
+    hidden = x.reshape(len(x), -1) @ p["hidden"]["kernel"] + p["hidden"]["bias"]
     logits = np.tanh(hidden) @ p["head"]["kernel"] + p["head"]["bias"]
     log_probs = logits - logits.max(-1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
@@ -493,13 +623,18 @@ def test_raw_gap_matches_numpy():
     first, second = forward(x[:, 0]), forward(x[:, 1])
     for layer in ("hidden", "output"):
       gap = np.linalg.norm(
-          mixed[layer] - (w1 * first[layer] + w2 * second[layer]), axis=-1)
+          mixed[layer] - (w1 * first[layer] + w2 * second[layer]), axis=-1
+      )
       row = result.table.query("layer == @layer and weight_index == @i")
-      np.testing.assert_allclose(row["mean"].item(), gap.mean(), rtol=2e-3,
-                                 atol=1e-6, err_msg=layer)
-      np.testing.assert_allclose(row["stderr"].item(),
-                                 gap.std(ddof=1) / np.sqrt(7), rtol=2e-2,
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+          row["mean"].item(), gap.mean(), rtol=2e-3, atol=1e-6, err_msg=layer
+      )
+      np.testing.assert_allclose(
+          row["stderr"].item(),
+          gap.std(ddof=1) / np.sqrt(7),
+          rtol=2e-2,
+          atol=1e-6,
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -518,6 +653,7 @@ def _readme_example() -> str:
 
 def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   monkeypatch.chdir(tmp_path)
   namespace = {}

@@ -10,20 +10,37 @@
   (:mod:`.representations`).
 """
 
-from mixlin_jax.linearity.evaluator import (BATCH_DEPENDENCE_RTOL,
-                                            COLLAPSED_FRACTION,
-                                            LinearityEvaluator,
-                                            default_logits_layers)
-from mixlin_jax.linearity.measure import (LinearityResult, measure,
-                                          results_table)
-from mixlin_jax.linearity.metrics import (DEGENERATE_RTOL, EPS_REL, METRICS,
-                                          NORMALIZED_METRICS, TINY,
-                                          naive_per_tuple_metrics,
-                                          per_tuple_metrics)
-from mixlin_jax.linearity.representations import (OUTPUT, Representations,
-                                                  SameComputation)
-from mixlin_jax.linearity.sampling import (DEFAULT_GRID, check_weights,
-                                           draw_tuples, mixing_weights)
+from mixlin_jax.linearity.evaluator import (
+    BATCH_DEPENDENCE_RTOL,
+    COLLAPSED_FRACTION,
+    LinearityEvaluator,
+    default_logits_layers,
+)
+from mixlin_jax.linearity.measure import (
+    LinearityResult,
+    measure,
+    results_table,
+)
+from mixlin_jax.linearity.metrics import (
+    DEGENERATE_RTOL,
+    EPS_REL,
+    METRICS,
+    NORMALIZED_METRICS,
+    TINY,
+    naive_per_tuple_metrics,
+    per_tuple_metrics,
+)
+from mixlin_jax.linearity.representations import (
+    OUTPUT,
+    Representations,
+    SameComputation,
+)
+from mixlin_jax.linearity.sampling import (
+    DEFAULT_GRID,
+    check_weights,
+    draw_tuples,
+    mixing_weights,
+)
 
 __all__ = [
     "BATCH_DEPENDENCE_RTOL",

@@ -22,11 +22,20 @@ import numpy as np
 from jax import lax
 
 from mixlin_jax.linearity import representations as reps_lib
-from mixlin_jax.linearity.metrics import (DEGENERATE_RTOL, METRICS,
-                                          check_metrics, forward_points,
-                                          tuple_values)
-from mixlin_jax.linearity.sampling import (DEFAULT_GRID, as_key, check_weights,
-                                           draw_tuples, mixing_weights)
+from mixlin_jax.linearity.metrics import (
+    DEGENERATE_RTOL,
+    METRICS,
+    check_metrics,
+    forward_points,
+    tuple_values,
+)
+from mixlin_jax.linearity.sampling import (
+    DEFAULT_GRID,
+    as_key,
+    check_weights,
+    draw_tuples,
+    mixing_weights,
+)
 
 __all__ = [
     "BATCH_DEPENDENCE_RTOL",
@@ -49,8 +58,11 @@ BATCH_DEPENDENCE_RTOL = 1e-2
 def default_logits_layers(names: Sequence[str]) -> tuple[str, ...]:
   """Layers taken to hold class logits: this project's ``"NN_logits"``
   naming convention, or a model's own output named ``"output"``."""
-  return tuple(n for n in names
-               if n.split("_", 1)[-1] == "logits" or n == reps_lib.OUTPUT)
+  return tuple(
+      n
+      for n in names
+      if n.split("_", 1)[-1] == "logits" or n == reps_lib.OUTPUT
+  )
 
 
 def _merge_stats(n, mean, m2, values, mask):
@@ -68,8 +80,11 @@ def _merge_stats(n, mean, m2, values, mask):
   )
   tot = jnp.maximum(n + nb, 1.0)
   delta = bmean - mean
-  return (n + nb, mean + delta * (nb / tot),
-          m2 + bm2 + jnp.square(delta) * (n * nb / tot))
+  return (
+      n + nb,
+      mean + delta * (nb / tot),
+      m2 + bm2 + jnp.square(delta) * (n * nb / tot),
+  )
 
 
 def _gather(images, idx, preprocess):
@@ -89,8 +104,9 @@ def _batch_dependence(reps, variables, images, tuples, preprocess):
   for name, a in alone.items():
     a = a[0].astype(jnp.float32)
     b = together[name][-1].astype(jnp.float32)
-    rel = jnp.sqrt(jnp.sum(jnp.square(a - b)) /
-                   jnp.maximum(jnp.sum(jnp.square(b)), 1e-30))
+    rel = jnp.sqrt(
+        jnp.sum(jnp.square(a - b)) / jnp.maximum(jnp.sum(jnp.square(b)), 1e-30)
+    )
     worst = jnp.maximum(worst, rel)
   return worst
 
@@ -98,16 +114,39 @@ def _batch_dependence(reps, variables, images, tuples, preprocess):
 def _constrain(batch_sharding):
   if batch_sharding is None:
     return None
-  return functools.partial(lax.with_sharding_constraint,
-                           shardings=batch_sharding)
+  return functools.partial(
+      lax.with_sharding_constraint, shardings=batch_sharding
+  )
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "reps", "preprocess", "metrics", "logits_layers", "degenerate_rtol",
-    "batch_sharding", "replicated"))
-def _evaluate(variables, images, tuples, mask, weights, tangent_t, *, reps,
-              preprocess, metrics, logits_layers, degenerate_rtol,
-              batch_sharding, replicated):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "reps",
+        "preprocess",
+        "metrics",
+        "logits_layers",
+        "degenerate_rtol",
+        "batch_sharding",
+        "replicated",
+    ),
+)
+def _evaluate(
+    variables,
+    images,
+    tuples,
+    mask,
+    weights,
+    tangent_t,
+    *,
+    reps,
+    preprocess,
+    metrics,
+    logits_layers,
+    degenerate_rtol,
+    batch_sharding,
+    replicated,
+):
   """All tuple batches in one ``lax.scan``; statistics stay on device."""
   constrain = _constrain(batch_sharding)
   _, B, K = tuples.shape
@@ -120,23 +159,36 @@ def _evaluate(variables, images, tuples, mask, weights, tangent_t, *, reps,
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    out = tuple_values(reps, variables, x, weights, tangent_t, metrics,
-                       logits_layers=logits_layers,
-                       degenerate_rtol=degenerate_rtol, constrain=constrain)
+    out = tuple_values(
+        reps,
+        variables,
+        x,
+        weights,
+        tangent_t,
+        metrics,
+        logits_layers=logits_layers,
+        degenerate_rtol=degenerate_rtol,
+        constrain=constrain,
+    )
     del out["layers"]
     return out
 
   shapes = jax.eval_shape(batch_values, tuples[0])
   init = {
       "stats": jax.tree.map(
-          lambda s: (jnp.zeros((), jnp.float32),
-                     jnp.zeros(s.shape[:1], jnp.float32),
-                     jnp.zeros(s.shape[:1], jnp.float32)),
-          shapes["values"]),
-      "degenerate": jax.tree.map(lambda s: jnp.zeros((), jnp.int32),
-                                 shapes["degenerate"]),
-      "tuple_degenerate": jax.tree.map(lambda s: jnp.zeros((), jnp.int32),
-                                       shapes["tuple_degenerate"]),
+          lambda s: (
+              jnp.zeros((), jnp.float32),
+              jnp.zeros(s.shape[:1], jnp.float32),
+              jnp.zeros(s.shape[:1], jnp.float32),
+          ),
+          shapes["values"],
+      ),
+      "degenerate": jax.tree.map(
+          lambda s: jnp.zeros((), jnp.int32), shapes["degenerate"]
+      ),
+      "tuple_degenerate": jax.tree.map(
+          lambda s: jnp.zeros((), jnp.int32), shapes["tuple_degenerate"]
+      ),
   }
   is_stats = lambda v: isinstance(v, tuple)
 
@@ -145,14 +197,20 @@ def _evaluate(variables, images, tuples, mask, weights, tangent_t, *, reps,
     out = batch_values(idx)
     stats = jax.tree.map(
         lambda s, v, d: _merge_stats(*s, v, valid & ~d),
-        carry["stats"], out["values"], out["degenerate"], is_leaf=is_stats)
+        carry["stats"],
+        out["values"],
+        out["degenerate"],
+        is_leaf=is_stats,
+    )
     count = lambda c, d: c + jnp.sum(valid & d, dtype=jnp.int32)
     return {
         "stats": stats,
-        "degenerate": jax.tree.map(count, carry["degenerate"],
-                                   out["degenerate"]),
-        "tuple_degenerate": jax.tree.map(count, carry["tuple_degenerate"],
-                                         out["tuple_degenerate"]),
+        "degenerate": jax.tree.map(
+            count, carry["degenerate"], out["degenerate"]
+        ),
+        "tuple_degenerate": jax.tree.map(
+            count, carry["tuple_degenerate"], out["tuple_degenerate"]
+        ),
     }, None
 
   final, _ = lax.scan(body, init, (tuples, mask))
@@ -160,29 +218,46 @@ def _evaluate(variables, images, tuples, mask, weights, tangent_t, *, reps,
   n = jax.tree.map(lambda s: s[0], stats, is_leaf=is_stats)
   # Mean over no tuple is undefined (NaN); so is the stderr = std(ddof=1) /
   # sqrt(n) of fewer than two.
-  mean = jax.tree.map(lambda s: jnp.where(s[0] > 0, s[1], jnp.nan), stats,
-                      is_leaf=is_stats)
+  mean = jax.tree.map(
+      lambda s: jnp.where(s[0] > 0, s[1], jnp.nan), stats, is_leaf=is_stats
+  )
   stderr = jax.tree.map(
       lambda s: jnp.where(
-          s[0] > 1, jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0) / s[0]),
-          jnp.nan),
-      stats, is_leaf=is_stats)
+          s[0] > 1, jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0) / s[0]), jnp.nan
+      ),
+      stats,
+      is_leaf=is_stats,
+  )
   result = {
-      "count": n, "mean": mean, "stderr": stderr,
+      "count": n,
+      "mean": mean,
+      "stderr": stderr,
       "degenerate": final["degenerate"],
       "tuple_degenerate": final["tuple_degenerate"],
-      "batch_dependence": _batch_dependence(reps, variables, images, tuples,
-                                            preprocess),
+      "batch_dependence": _batch_dependence(
+          reps, variables, images, tuples, preprocess
+      ),
   }
   if replicated is not None:
     result = lax.with_sharding_constraint(result, replicated)
   return result
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "reps", "preprocess", "metrics", "batch_sharding"))
-def _forward_floor(variables, images, tuples, weights, tangent_t, *, reps,
-                   preprocess, metrics, batch_sharding):
+@functools.partial(
+    jax.jit, static_argnames=("reps", "preprocess", "metrics", "batch_sharding")
+)
+def _forward_floor(
+    variables,
+    images,
+    tuples,
+    weights,
+    tangent_t,
+    *,
+    reps,
+    preprocess,
+    metrics,
+    batch_sharding,
+):
   """Only the forward passes of :func:`_evaluate`, for the benchmark.
 
   The same scan, gather, preprocessing, input mixing and forwards (the
@@ -202,8 +277,9 @@ def _forward_floor(variables, images, tuples, weights, tangent_t, *, reps,
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    _, h, r, jd, hp, _ = forward_points(reps, variables, x, weights,
-                                        tangent_t, metrics, constrain)
+    _, h, r, jd, hp, _ = forward_points(
+        reps, variables, x, weights, tangent_t, metrics, constrain
+    )
     for group in (h, r, jd, hp):
       for a in group or ():
         total = total + jnp.sum(a)
@@ -297,15 +373,17 @@ class LinearityEvaluator:
     self.num_points = int(num_points)
     self.num_tuples = int(num_tuples)
     self.degenerate_rtol = float(degenerate_rtol)
-    self._logits_layers = (None if logits_layers is None
-                           else tuple(logits_layers))
+    self._logits_layers = (
+        None if logits_layers is None else tuple(logits_layers)
+    )
     key_tuples, key_weights = jax.random.split(as_key(key))
     self.tuples = draw_tuples(
         key_tuples, self.images.shape[0], self.num_tuples, self.num_points
     )
     if weights is None:
-      self.weights = mixing_weights(self.num_points, grid, num_dirichlet,
-                                    key_weights)
+      self.weights = mixing_weights(
+          self.num_points, grid, num_dirichlet, key_weights
+      )
     else:
       self.weights = check_weights(weights, self.num_points)
     if self.num_points == 2:
@@ -319,7 +397,8 @@ class LinearityEvaluator:
         [self.tuples, np.repeat(self.tuples[:1], pad, axis=0)]
     ).reshape(nb, self.batch_size, self.num_points)
     mask = (np.arange(nb * self.batch_size) < self.num_tuples).reshape(
-        nb, self.batch_size)
+        nb, self.batch_size
+    )
     self._tuples_dev = jnp.asarray(padded)
     self._mask_dev = jnp.asarray(mask)
     self._weights_dev = jnp.asarray(self.weights)
@@ -328,26 +407,31 @@ class LinearityEvaluator:
     )
     batch_sharding = replicated = None
     if mesh is not None:
-      replicated = jax.sharding.NamedSharding(mesh,
-                                              jax.sharding.PartitionSpec())
+      replicated = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()
+      )
       batch_sharding = jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+          mesh, jax.sharding.PartitionSpec(mesh.axis_names)
+      )
 
       def place(a):  # host values, identical on every process -> replicated
-        if a is None or (isinstance(a, jax.Array)
-                         and a.sharding.device_set == replicated.device_set):
+        if a is None or (
+            isinstance(a, jax.Array)
+            and a.sharding.device_set == replicated.device_set
+        ):
           return a
-        return jax.make_array_from_process_local_data(replicated,
-                                                      np.asarray(a))
+        return jax.make_array_from_process_local_data(replicated, np.asarray(a))
 
       self.images = place(images)
       self._tuples_dev = place(padded)
       self._mask_dev = place(mask)
       self._weights_dev = place(self.weights)
-      self._tangent_dev = place(None if self.num_points == 2
-                                else self.tangent_t)
-    self._preprocess = (None if preprocess is None
-                        else reps_lib.SameComputation(preprocess))
+      self._tangent_dev = place(
+          None if self.num_points == 2 else self.tangent_t
+      )
+    self._preprocess = (
+        None if preprocess is None else reps_lib.SameComputation(preprocess)
+    )
     self._batch_sharding = batch_sharding
     self._replicated = replicated
     self._run = None  # bound at the first call, once the layers are known
@@ -357,11 +441,12 @@ class LinearityEvaluator:
 
   def input_spec(self) -> jax.ShapeDtypeStruct:
     """Shape and dtype of one preprocessed example batch (batch of 1)."""
-    one = jax.ShapeDtypeStruct((1,) + tuple(self.images.shape[1:]),
-                               self.images.dtype)
+    one = jax.ShapeDtypeStruct(
+        (1,) + tuple(self.images.shape[1:]), self.images.dtype
+    )
     return jax.eval_shape(
-        lambda u: _gather(u, jnp.zeros((1,), jnp.int32), self._preprocess),
-        one)
+        lambda u: _gather(u, jnp.zeros((1,), jnp.int32), self._preprocess), one
+    )
 
   def layer_specs(self, variables) -> tuple:
     """The layers measured, in network order (validated)."""
@@ -376,22 +461,31 @@ class LinearityEvaluator:
       logits = self._logits_layers
       missing = [n for n in logits if n not in names]
       if missing:
-        raise ValueError(f"logits_layers: {missing} are not layers of the "
-                         f"model; its layers are {list(names)}")
+        raise ValueError(
+            f"logits_layers: {missing} are not layers of the "
+            f"model; its layers are {list(names)}"
+        )
     self.layers = names
     self.logits_layers = tuple(n for n in names if n in logits)
-    static = dict(reps=self.reps, preprocess=self._preprocess,
-                  metrics=self.metrics)
+    static = dict(
+        reps=self.reps, preprocess=self._preprocess, metrics=self.metrics
+    )
     self._run = _Program(
-        _evaluate, **static, logits_layers=self.logits_layers,
+        _evaluate,
+        **static,
+        logits_layers=self.logits_layers,
         degenerate_rtol=self.degenerate_rtol,
-        batch_sharding=self._batch_sharding, replicated=self._replicated)
-    self._floor = _Program(_forward_floor, **static,
-                           batch_sharding=self._batch_sharding)
+        batch_sharding=self._batch_sharding,
+        replicated=self._replicated,
+    )
+    self._floor = _Program(
+        _forward_floor, **static, batch_sharding=self._batch_sharding
+    )
 
   def _ensure_bound(self, variables):
     key = jax.tree.structure(variables), tuple(
-        (np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(variables))
+        (np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(variables)
+    )
     if self._run is None or key != self._layers_key:
       self._bind(variables)
       self._layers_key = key
@@ -402,8 +496,15 @@ class LinearityEvaluator:
     """Runs only the forward passes the metrics need (see
     :func:`_forward_floor`); blocks; for timing against ``__call__``."""
     self._ensure_bound(variables)
-    return float(self._floor(variables, self.images, self._tuples_dev,
-                             self._weights_dev, self._tangent_dev))
+    return float(
+        self._floor(
+            variables,
+            self.images,
+            self._tuples_dev,
+            self._weights_dev,
+            self._tangent_dev,
+        )
+    )
 
   def __call__(self, variables) -> dict:
     """Returns nested python values (the per-epoch record's ``linearity``)::
@@ -446,7 +547,8 @@ class LinearityEvaluator:
           f"together with other examples (relative difference "
           f"{dependence:.3g}): BatchNorm in training mode or dropout enabled?"
           " Apply the model in inference mode, e.g. apply_kwargs={'train': "
-          "False}.")
+          "False}."
+      )
     out: dict = {
         "weights": self.weights.astype(float).tolist(),
         "layers": list(self.layers),
@@ -458,17 +560,21 @@ class LinearityEvaluator:
       out[m] = {
           name: {
               "mean": np.asarray(stats["mean"][m][name], np.float64).tolist(),
-              "stderr": np.asarray(stats["stderr"][m][name],
-                                   np.float64).tolist(),
+              "stderr": (
+                  np.asarray(stats["stderr"][m][name], np.float64).tolist()
+              ),
               "count": int(stats["count"][m][name]),
               "degenerate": int(stats["degenerate"][m][name]),
           }
           for name in self.layers
       }
-    out["degenerate"] = {name: int(stats["tuple_degenerate"][name])
-                         for name in self.layers}
+    out["degenerate"] = {
+        name: int(stats["tuple_degenerate"][name]) for name in self.layers
+    }
     out["collapsed_layers"] = [
-        name for name in self.layers
-        if out["degenerate"][name] > COLLAPSED_FRACTION * self.num_tuples]
+        name
+        for name in self.layers
+        if out["degenerate"][name] > COLLAPSED_FRACTION * self.num_tuples
+    ]
     out["degenerate_rtol"] = self.degenerate_rtol
     return out

@@ -25,8 +25,18 @@ from mixlin_jax.linearity.sampling import DEFAULT_GRID
 
 __all__ = ["LinearityResult", "measure", "results_table"]
 
-TABLE_COLUMNS = ("layer", "metric", "weight_index", "weights", "t", "mean",
-                 "stderr", "count", "degenerate", "collapsed")
+TABLE_COLUMNS = (
+    "layer",
+    "metric",
+    "weight_index",
+    "weights",
+    "t",
+    "mean",
+    "stderr",
+    "count",
+    "degenerate",
+    "collapsed",
+)
 
 
 def results_table(record: dict):
@@ -44,6 +54,7 @@ def results_table(record: dict):
   without counts give missing values there).
   """
   import pandas as pd  # pylint: disable=import-outside-toplevel
+
   layers = list(record["layers"])
   weights = record["weights"]
   k = len(weights[0])
@@ -61,15 +72,29 @@ def results_table(record: dict):
         else:
           w = tuple(float(v) for v in weights[i])
           t = w[1] if k == 2 else np.nan
-        rows.append((layer, metric, i, w, t, mean, stderr,
-                     stats.get("count"), stats.get("degenerate"),
-                     layer in collapsed))
+        rows.append(
+            (
+                layer,
+                metric,
+                i,
+                w,
+                t,
+                mean,
+                stderr,
+                stats.get("count"),
+                stats.get("degenerate"),
+                layer in collapsed,
+            )
+        )
   table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-  table["layer"] = pd.Categorical(table["layer"], categories=layers,
-                                  ordered=True)
+  table["layer"] = pd.Categorical(
+      table["layer"], categories=layers, ordered=True
+  )
   table["metric"] = pd.Categorical(
-      table["metric"], categories=[m for m in METRICS if m in record],
-      ordered=True)
+      table["metric"],
+      categories=[m for m in METRICS if m in record],
+      ordered=True,
+  )
   for column in ("mean", "stderr", "t"):
     table[column] = table[column].astype(float)
   return table
@@ -105,8 +130,14 @@ class LinearityResult:
     """One row per layer: each metric averaged over the weights, the
     degenerate tuple count and the collapsed flag (a ``DataFrame``)."""
     table = self.table
-    wide = table.pivot_table(index="layer", columns="metric", values="mean",
-                             aggfunc="mean", observed=False, dropna=False)
+    wide = table.pivot_table(
+        index="layer",
+        columns="metric",
+        values="mean",
+        aggfunc="mean",
+        observed=False,
+        dropna=False,
+    )
     wide.columns = list(wide.columns.astype(str))
     wide["degenerate"] = [self.record["degenerate"][l] for l in wide.index]
     wide["collapsed"] = [l in self.collapsed_layers for l in wide.index]
@@ -122,33 +153,47 @@ class LinearityResult:
     metrics are undefined, not zero.
     """
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
     if metrics is None:
       metrics = [m for m in METRICS if m in self.record]
     elif isinstance(metrics, str):
       metrics = [metrics]
     layers = self.layers
     collapsed = set(self.collapsed_layers)
-    fig, axes = plt.subplots(1, len(metrics), squeeze=False,
-                             figsize=(max(4.0, 0.5 * len(layers) + 2.5)
-                                      * len(metrics), 3.8))
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        squeeze=False,
+        figsize=(max(4.0, 0.5 * len(layers) + 2.5) * len(metrics), 3.8),
+    )
     x = np.arange(len(layers))
     for ax, metric in zip(axes[0], metrics):
       stats = self.record[metric]
       with np.errstate(all="ignore"), _quiet_nan_warnings():
-        y = np.array([np.nanmean(np.asarray(stats[l]["mean"], float))
-                      for l in layers])
-        err = np.array([np.nanmean(np.asarray(stats[l]["stderr"], float))
-                        for l in layers])
+        y = np.array(
+            [np.nanmean(np.asarray(stats[l]["mean"], float)) for l in layers]
+        )
+        err = np.array(
+            [np.nanmean(np.asarray(stats[l]["stderr"], float)) for l in layers]
+        )
       keep = np.array([l not in collapsed for l in layers]) & np.isfinite(y)
-      ax.errorbar(x[keep], y[keep], yerr=np.nan_to_num(err[keep]), fmt="o-",
-                  capsize=3)
+      ax.errorbar(
+          x[keep], y[keep], yerr=np.nan_to_num(err[keep]), fmt="o-", capsize=3
+      )
       positive = y[keep][y[keep] > 0]
       if positive.size and positive.size == keep.sum():
         ax.set_yscale("log")
       for i, layer in enumerate(layers):
         if layer in collapsed:
-          ax.annotate("collapsed", (i, 0.02), xycoords=("data", "axes fraction"),
-                      color="red", ha="center", rotation=90, va="bottom")
+          ax.annotate(
+              "collapsed",
+              (i, 0.02),
+              xycoords=("data", "axes fraction"),
+              color="red",
+              ha="center",
+              rotation=90,
+              va="bottom",
+          )
           ax.axvspan(i - 0.4, i + 0.4, color="red", alpha=0.08)
       ax.set_xticks(x, layers, rotation=45, ha="right")
       ax.set_title(metric)
@@ -163,6 +208,7 @@ class _quiet_nan_warnings:  # pylint: disable=invalid-name
 
   def __enter__(self):
     import warnings  # pylint: disable=import-outside-toplevel
+
     self._ctx = warnings.catch_warnings()
     self._ctx.__enter__()
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -173,16 +219,20 @@ class _quiet_nan_warnings:  # pylint: disable=invalid-name
 
 def _check_images(images, preprocess, mix_at):
   if images.ndim < 1 or images.shape[0] < 2:
-    raise ValueError("images must be an array (N, ...) of N >= 2 examples, "
-                     f"got shape {images.shape}")
+    raise ValueError(
+        "images must be an array (N, ...) of N >= 2 examples, "
+        f"got shape {images.shape}"
+    )
   if (jnp.issubdtype(images.dtype, jnp.integer) or images.dtype == bool) and (
-      preprocess is None and mix_at is None):
+      preprocess is None and mix_at is None
+  ):
     raise ValueError(
         f"images: integer inputs ({images.dtype}) cannot be mixed as they "
         "are. If they are token ids, pass mix_at='<path of the embedding "
         "module>' (e.g. mix_at='embed') to mix the embeddings instead; if "
         "they are pixel values, pass preprocess= a function mapping them to "
-        "floats, or convert them to floats first.")
+        "floats, or convert them to floats first."
+    )
 
 
 def measure(
@@ -254,22 +304,28 @@ def measure(
     same model again, even through a new wrapper function, reuses it.
   """
   reps = reps_lib.Representations.of_model(
-      model, layers=layers, apply_kwargs=apply_kwargs, mix_at=mix_at)
+      model, layers=layers, apply_kwargs=apply_kwargs, mix_at=mix_at
+  )
   images = jnp.asarray(images)
   _check_images(images, preprocess, mix_at)
   if mix_at is not None:
     if preprocess is not None:
-      raise ValueError("preprocess: not supported together with mix_at "
-                       "(the mixed points are the mix_at layer's outputs)")
+      raise ValueError(
+          "preprocess: not supported together with mix_at "
+          "(the mixed points are the mix_at layer's outputs)"
+      )
     tokens = images
     images = jax.jit(reps.embed)(variables, tokens)
     reps = reps.with_tokens(tokens.shape[1:], tokens.dtype)
     _check_reads_inputs_only_through(reps, variables, tokens, images)
   elif preprocess is not None:
-    out = jax.eval_shape(preprocess, jax.ShapeDtypeStruct(
-        (2,) + images.shape[1:], images.dtype))
+    out = jax.eval_shape(
+        preprocess, jax.ShapeDtypeStruct((2,) + images.shape[1:], images.dtype)
+    )
     if not (_is_array_spec(out) and jnp.issubdtype(out.dtype, jnp.floating)):
-      raise ValueError(f"preprocess must map images to a float array, got {out}")
+      raise ValueError(
+          f"preprocess must map images to a float array, got {out}"
+      )
   if logits_layer == "auto":
     logits_layers = None  # the evaluator's default
   elif logits_layer is None:
@@ -279,10 +335,20 @@ def measure(
   else:
     logits_layers = tuple(logits_layer)
   evaluator = LinearityEvaluator(
-      reps, images, num_points=num_points, num_tuples=num_tuples,
-      batch_size=batch_size, key=key, grid=grid, num_dirichlet=num_dirichlet,
-      weights=weights, metrics=metrics, preprocess=preprocess,
-      logits_layers=logits_layers, degenerate_rtol=degenerate_rtol)
+      reps,
+      images,
+      num_points=num_points,
+      num_tuples=num_tuples,
+      batch_size=batch_size,
+      key=key,
+      grid=grid,
+      num_dirichlet=num_dirichlet,
+      weights=weights,
+      metrics=metrics,
+      preprocess=preprocess,
+      logits_layers=logits_layers,
+      degenerate_rtol=degenerate_rtol,
+  )
   return LinearityResult(evaluator(variables))
 
 
@@ -297,11 +363,15 @@ def _check_reads_inputs_only_through(reps, variables, tokens, embedded):
   mixed = jax.jit(reps)(variables, embedded[:2])
   plain = jax.jit(reps.unmixed())(variables, tokens[:2])
   for name, a in mixed.items():
-    if not np.allclose(np.asarray(a, np.float32),
-                       np.asarray(plain[name], np.float32), rtol=1e-4,
-                       atol=1e-5):
+    if not np.allclose(
+        np.asarray(a, np.float32),
+        np.asarray(plain[name], np.float32),
+        rtol=1e-4,
+        atol=1e-5,
+    ):
       raise ValueError(
           f"mix_at={reps.mix_at!r}: layer {name!r} differs when the model "
           "gets its inputs only through that submodule: the model also "
           "reads its inputs elsewhere (e.g. a padding mask), so mixing there "
-          "is not defined. Mix at a submodule that sees all of the input.")
+          "is not defined. Mix at a submodule that sees all of the input."
+      )

@@ -203,9 +203,12 @@ def _sums_over_last_axis(terms: dict) -> dict:
   names = list(terms)
   operands = tuple(terms[n].astype(jnp.float32) for n in names)
   zero = (np.float32(0),) * len(operands)
-  sums = lax.reduce(operands, zero,
-                    lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                    (operands[0].ndim - 1,))
+  sums = lax.reduce(
+      operands,
+      zero,
+      lambda a, b: tuple(x + y for x, y in zip(a, b)),
+      (operands[0].ndim - 1,),
+  )
   return dict(zip(names, sums))
 
 
@@ -216,8 +219,9 @@ def _log_probs(flat, shape):
   return jax.nn.log_softmax(full, axis=-1).reshape(flat.shape)
 
 
-def _layer_values(h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape,
-                  log_probs):
+def _layer_values(
+    h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape, log_probs
+):
   """Metrics of one layer.
 
   h: (T, K, D) originals; r: (W, T, D) mixtures (or None); jd: (T, D) JVP
@@ -246,8 +250,11 @@ def _layer_values(h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape,
       terms["mixture"] = jnp.square(m)
     if tangent_on_mixtures:  # K = 2: the path points are the mixtures
       diff = r - h1[None]
-      terms.update(residual=jnp.square(diff - t * jd[None]),
-                   displacement=jnp.square(diff), path=jnp.square(r))
+      terms.update(
+          residual=jnp.square(diff - t * jd[None]),
+          displacement=jnp.square(diff),
+          path=jnp.square(r),
+      )
     sums = _sums_over_last_axis(terms)
     num = sums["num"]  # (W, T)
     second = jnp.einsum("wk,tk->wt", weights, hn, precision=_HIGHEST)
@@ -271,18 +278,24 @@ def _layer_values(h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape,
   if jd is not None:
     if not tangent_on_mixtures:
       diff = hp - h1[None]  # (G, T, D)
-      sums = _sums_over_last_axis({
-          "residual": jnp.square(diff - t * jd[None]),
-          "displacement": jnp.square(diff), "path": jnp.square(hp)})
+      sums = _sums_over_last_axis(
+          {
+              "residual": jnp.square(diff - t * jd[None]),
+              "displacement": jnp.square(diff),
+              "path": jnp.square(hp),
+          }
+      )
     scale = _sqnorm(h1)[None] + sums["path"]
-    out["tangent_residual"] = _safe_ratio(sums["residual"],
-                                          sums["displacement"], scale)
+    out["tangent_residual"] = _safe_ratio(
+        sums["residual"], sums["displacement"], scale
+    )
     degenerate["tangent_residual"] = pair_degenerate
   return out, degenerate, tuple_degenerate
 
 
-def forward_points(reps, variables, x, weights, tangent_t, metrics,
-                   constrain=None):
+def forward_points(
+    reps, variables, x, weights, tangent_t, metrics, constrain=None
+):
   """Every forward pass the metrics need, as few and as batched as possible.
 
   ``x``: ``(T, K, *input)``.  The originals are forwarded once (``x_1``
@@ -305,8 +318,9 @@ def forward_points(reps, variables, x, weights, tangent_t, metrics,
   W = weights.shape[0]
   if weights.ndim != 2 or weights.shape[1] != K:
     raise ValueError(f"weights must be (W, {K}), got {weights.shape}")
-  want_mix = any(m in metrics for m in ("interp_error", "relative_error",
-                                        "raw_gap"))
+  want_mix = any(
+      m in metrics for m in ("interp_error", "relative_error", "raw_gap")
+  )
   want_tan = "tangent_residual" in metrics
   layers: list = []  # filled at trace time by the first forward
 
@@ -315,8 +329,9 @@ def forward_points(reps, variables, x, weights, tangent_t, metrics,
       z = constrain(z)
     out = reps(variables, z)
     if not layers:
-      layers.extend((n, tuple(a.shape[1:]), jnp.dtype(a.dtype))
-                    for n, a in out.items())
+      layers.extend(
+          (n, tuple(a.shape[1:]), jnp.dtype(a.dtype)) for n, a in out.items()
+      )
     return tuple(
         jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32)
         for a in out.values()
@@ -330,7 +345,9 @@ def forward_points(reps, variables, x, weights, tangent_t, metrics,
   else:
     h1 = jd = None
     pieces.append(x.reshape((T * K,) + in_shape))
-  need_mix = want_mix or (want_tan and K == 2)  # K == 2: path points == mixtures
+  need_mix = want_mix or (
+      want_tan and K == 2
+  )  # K == 2: path points == mixtures
   if need_mix:
     xm = jnp.einsum(
         "wk,tk...->wt...", weights.astype(x.dtype), x, precision=_HIGHEST
@@ -367,9 +384,18 @@ def forward_points(reps, variables, x, weights, tangent_t, metrics,
   return tuple(layers), h, r if want_mix else None, jd, hp, t_vals
 
 
-def tuple_values(reps, variables, x, weights, tangent_t, metrics, *,
-                 logits_layers=(), degenerate_rtol=DEGENERATE_RTOL,
-                 constrain=None) -> dict:
+def tuple_values(
+    reps,
+    variables,
+    x,
+    weights,
+    tangent_t,
+    metrics,
+    *,
+    logits_layers=(),
+    degenerate_rtol=DEGENERATE_RTOL,
+    constrain=None,
+) -> dict:
   """Traceable core: per-tuple metric values and degeneracy of every layer.
 
   Args:
@@ -391,36 +417,67 @@ def tuple_values(reps, variables, x, weights, tangent_t, metrics, *,
     degenerate tuples are finite but meaningless: mask them.
   """
   layers, h, r, jd, hp, t_vals = forward_points(
-      reps, variables, x, weights, tangent_t, metrics, constrain)
+      reps, variables, x, weights, tangent_t, metrics, constrain
+  )
   weights = jnp.asarray(weights, jnp.float32)
   values = {m: {} for m in metrics}
   degenerate = {m: {} for m in metrics}
   tuple_degenerate = {}
   for i, (name, shape, dtype) in enumerate(layers):
     out, deg, tdeg = _layer_values(
-        h[i], None if r is None else r[i], None if jd is None else jd[i],
-        None if hp is None else hp[i], weights=weights, tangent_t=t_vals,
-        metrics=metrics, rtol=degenerate_rtol_for(dtype, degenerate_rtol),
-        shape=shape, log_probs=name in logits_layers)
+        h[i],
+        None if r is None else r[i],
+        None if jd is None else jd[i],
+        None if hp is None else hp[i],
+        weights=weights,
+        tangent_t=t_vals,
+        metrics=metrics,
+        rtol=degenerate_rtol_for(dtype, degenerate_rtol),
+        shape=shape,
+        log_probs=name in logits_layers,
+    )
     for m in metrics:
       values[m][name] = out[m]
       degenerate[m][name] = deg[m]
     tuple_degenerate[name] = tdeg
-  return {"layers": layers, "values": values, "degenerate": degenerate,
-          "tuple_degenerate": tuple_degenerate}
+  return {
+      "layers": layers,
+      "values": values,
+      "degenerate": degenerate,
+      "tuple_degenerate": tuple_degenerate,
+  }
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("reps", "metrics", "logits_layers", "degenerate_rtol"))
-def _per_tuple_jit(variables, x, weights, tangent_t, *, reps, metrics,
-                   logits_layers, degenerate_rtol):
-  out = tuple_values(reps, variables, x, weights, tangent_t, metrics,
-                     logits_layers=logits_layers,
-                     degenerate_rtol=degenerate_rtol)
+    static_argnames=("reps", "metrics", "logits_layers", "degenerate_rtol"),
+)
+def _per_tuple_jit(
+    variables,
+    x,
+    weights,
+    tangent_t,
+    *,
+    reps,
+    metrics,
+    logits_layers,
+    degenerate_rtol,
+):
+  out = tuple_values(
+      reps,
+      variables,
+      x,
+      weights,
+      tangent_t,
+      metrics,
+      logits_layers=logits_layers,
+      degenerate_rtol=degenerate_rtol,
+  )
   return {
-      m: {n: jnp.where(out["degenerate"][m][n][None], jnp.nan, v)
-          for n, v in out["values"][m].items()}
+      m: {
+          n: jnp.where(out["degenerate"][m][n][None], jnp.nan, v)
+          for n, v in out["values"][m].items()
+      }
       for m in metrics
   }
 
@@ -476,14 +533,27 @@ def per_tuple_metrics(
   x_tuples = jnp.asarray(x_tuples)
   K = x_tuples.shape[1]
   weights = check_weights(weights, K)
-  out = _per_tuple_jit(variables, x_tuples, weights,
-                       _resolve_tangent_t(K, tangent_t), reps=reps,
-                       metrics=metrics, logits_layers=tuple(logits_layers),
-                       degenerate_rtol=float(degenerate_rtol))
-  order = [spec.name for spec in reps_lib.layer_specs(
-      reps, variables, jax.ShapeDtypeStruct(
-          (2,) + x_tuples.shape[2:],
-          jnp.promote_types(x_tuples.dtype, jnp.float32)))]
+  out = _per_tuple_jit(
+      variables,
+      x_tuples,
+      weights,
+      _resolve_tangent_t(K, tangent_t),
+      reps=reps,
+      metrics=metrics,
+      logits_layers=tuple(logits_layers),
+      degenerate_rtol=float(degenerate_rtol),
+  )
+  order = [
+      spec.name
+      for spec in reps_lib.layer_specs(
+          reps,
+          variables,
+          jax.ShapeDtypeStruct(
+              (2,) + x_tuples.shape[2:],
+              jnp.promote_types(x_tuples.dtype, jnp.float32),
+          ),
+      )
+  ]
   return {m: {n: np.asarray(out[m][n]) for n in order} for m in metrics}
 
 
@@ -526,7 +596,8 @@ def naive_per_tuple_metrics(
     for k, v in acts.items():
       shapes[k], dtypes[k] = v.shape[1:], v.dtype
       out[k] = np.asarray(jnp.asarray(v, jnp.float32), np.float64).reshape(
-          z.shape[0], -1)
+          z.shape[0], -1
+      )
     return out
 
   def log_probs(a, name):
@@ -546,7 +617,7 @@ def naive_per_tuple_metrics(
     centroid = points.mean(1, keepdims=True)
     spread = ((points - centroid) ** 2).sum(-1).mean(1)
     rtol = degenerate_rtol_for(dtypes[name], degenerate_rtol)
-    return spread <= rtol * (points ** 2).sum(-1).mean(1)
+    return spread <= rtol * (points**2).sum(-1).mean(1)
 
   out = {m: {} for m in metrics}
   if any(m in metrics for m in ("interp_error", "relative_error", "raw_gap")):
@@ -610,6 +681,7 @@ def naive_per_tuple_metrics(
             (res**2).sum(-1), (diff**2).sum(-1), scale
         )
     for name in layers:
-      out["tangent_residual"][name][:, degenerate(h[name][:, :2], name)] = (
-          np.nan)
+      out["tangent_residual"][name][
+          :, degenerate(h[name][:, :2], name)
+      ] = np.nan
   return {m: out[m] for m in metrics}

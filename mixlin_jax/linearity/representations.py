@@ -76,9 +76,16 @@ def _code_key(code: types.CodeType):
       _code_key(c) if isinstance(c, types.CodeType) else (type(c), c)
       for c in code.co_consts
   )
-  return (code.co_code, consts, code.co_names, code.co_varnames,
-          code.co_freevars, code.co_argcount, code.co_kwonlyargcount,
-          code.co_flags)
+  return (
+      code.co_code,
+      consts,
+      code.co_names,
+      code.co_varnames,
+      code.co_freevars,
+      code.co_argcount,
+      code.co_kwonlyargcount,
+      code.co_flags,
+  )
 
 
 def _global_names(code: types.CodeType):
@@ -90,8 +97,15 @@ def _global_names(code: types.CodeType):
 
 
 def _value_key(value, depth: int):
-  if isinstance(value, (types.FunctionType, types.MethodType,
-                        functools.partial, SameComputation)):
+  if isinstance(
+      value,
+      (
+          types.FunctionType,
+          types.MethodType,
+          functools.partial,
+          SameComputation,
+      ),
+  ):
     return ("callable", _callable_key(value, depth + 1))
   if isinstance(value, (jax.Array, np.ndarray)):
     return _Same(value)
@@ -108,13 +122,20 @@ def _callable_key(fn, depth: int = 0):
   if isinstance(fn, SameComputation):
     return fn.key
   if isinstance(fn, functools.partial):
-    return ("partial", _callable_key(fn.func, depth + 1),
-            tuple(_value_key(a, depth) for a in fn.args),
-            tuple(sorted((k, _value_key(v, depth))
-                         for k, v in fn.keywords.items())))
+    return (
+        "partial",
+        _callable_key(fn.func, depth + 1),
+        tuple(_value_key(a, depth) for a in fn.args),
+        tuple(
+            sorted((k, _value_key(v, depth)) for k, v in fn.keywords.items())
+        ),
+    )
   if inspect.ismethod(fn):
-    return ("method", _callable_key(fn.__func__, depth + 1),
-            _value_key(fn.__self__, depth))
+    return (
+        "method",
+        _callable_key(fn.__func__, depth + 1),
+        _value_key(fn.__self__, depth),
+    )
   if isinstance(fn, types.FunctionType):
     code = fn.__code__
     cells = []
@@ -124,11 +145,14 @@ def _callable_key(fn, depth: int = 0):
       except ValueError:  # empty cell
         cells.append(("empty",))
     used = sorted(n for n in _global_names(code) if n in fn.__globals__)
-    return ("function", _code_key(code), tuple(cells),
-            tuple((n, _value_key(fn.__globals__[n], depth)) for n in used),
-            _value_key(fn.__defaults__, depth),
-            _value_key(tuple(sorted((fn.__kwdefaults__ or {}).items())),
-                       depth))
+    return (
+        "function",
+        _code_key(code),
+        tuple(cells),
+        tuple((n, _value_key(fn.__globals__[n], depth)) for n in used),
+        _value_key(fn.__defaults__, depth),
+        _value_key(tuple(sorted((fn.__kwdefaults__ or {}).items())), depth),
+    )
   return ("object", _value_key(fn, depth))
 
 
@@ -184,16 +208,24 @@ def _named_leaves(value, name: str):
   if _is_array(value):
     return [(name, value)]
   if isinstance(value, Mapping):
-    return [leaf for k, v in value.items()
-            for leaf in _named_leaves(v, f"{name}/{k}")]
+    return [
+        leaf
+        for k, v in value.items()
+        for leaf in _named_leaves(v, f"{name}/{k}")
+    ]
   if isinstance(value, (tuple, list)):
-    return [leaf for i, v in enumerate(value)
-            for leaf in _named_leaves(v, f"{name}/{i}")]
+    return [
+        leaf
+        for i, v in enumerate(value)
+        for leaf in _named_leaves(v, f"{name}/{i}")
+    ]
   leaves = jax.tree_util.tree_flatten_with_path(value)[0]
   if len(leaves) == 1 and leaves[0][1] is value:
     return [(name, value)]  # a scalar or other leaf: validated later
-  return [(f"{name}/{jax.tree_util.keystr(p, simple=True, separator='/')}",
-           v) for p, v in leaves]
+  return [
+      (f"{name}/{jax.tree_util.keystr(p, simple=True, separator='/')}", v)
+      for p, v in leaves
+  ]
 
 
 def _module_name(path: Sequence[str], method: str, call: int) -> str:
@@ -233,30 +265,33 @@ def _explained_model_errors():
     yield
   except flax.errors.ModifyScopeVariableError as e:
     raise ValueError(
-        "model: applying it writes to a variable collection (" + str(e)
+        "model: applying it writes to a variable collection ("
+        + str(e)
         + "). A model that updates statistics while it runs (BatchNorm in "
         "training mode) gives each example an output that depends on the "
         "rest of the batch, which the metrics cannot use: apply it in "
         "inference mode, e.g. apply_kwargs={'train': False}, or build it "
-        "with use_running_average=True.") from e
+        "with use_running_average=True."
+    ) from e
   except flax.errors.InvalidRngError as e:
     raise ValueError(
         "model: it asks for a random key (" + str(e) + "): dropout or "
         "another random layer is enabled, so its outputs are random and "
         "depend on the batch. Apply it deterministically, e.g. "
-        "apply_kwargs={'deterministic': True} or {'train': False}.") from e
+        "apply_kwargs={'deterministic': True} or {'train': False}."
+    ) from e
   except TypeError as e:
     if "required" in str(e) and "argument" in str(e):
       raise ValueError(
           f"model: calling it failed ({e}). Pass the arguments it needs "
           "besides the input with apply_kwargs, e.g. apply_kwargs={'train': "
-          "False} for this project's models.") from e
+          "False} for this project's models."
+      ) from e
     raise
 
 
 def _nnx_module(model) -> bool:
-  return any(c.__module__.startswith("flax.nnx")
-             for c in type(model).__mro__)
+  return any(c.__module__.startswith("flax.nnx") for c in type(model).__mro__)
 
 
 # ---------------------------------------------------------------------------
@@ -269,8 +304,9 @@ def _capture_filter(select) -> Callable[[nn.Module, str], bool]:
     return lambda mdl, method: method == "__call__"
   if isinstance(select, str):
     pattern = re.compile(select)
-    return lambda mdl, method: (method == "__call__" and pattern.search(
-        "/".join(mdl.path)) is not None)
+    return lambda mdl, method: (
+        method == "__call__" and pattern.search("/".join(mdl.path)) is not None
+    )
   if isinstance(select, tuple) and all(isinstance(t, type) for t in select):
     return lambda mdl, method: method == "__call__" and isinstance(mdl, select)
   return select  # a Flax filter function (mdl, method_name) -> bool
@@ -279,6 +315,7 @@ def _capture_filter(select) -> Callable[[nn.Module, str], bool]:
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
   """A layer as the metrics see it: name, per-example shape, dtype."""
+
   name: str
   shape: tuple
   dtype: Any
@@ -305,8 +342,9 @@ class Representations:
   # -- construction ---------------------------------------------------------
 
   @classmethod
-  def of_model(cls, model, *, layers=None, apply_kwargs=None,
-               mix_at: str | None = None) -> "Representations":
+  def of_model(
+      cls, model, *, layers=None, apply_kwargs=None, mix_at: str | None = None
+  ) -> "Representations":
     """The representations of a Flax linen ``Module`` or an apply function.
 
     Args:
@@ -328,13 +366,15 @@ class Representations:
           "flax.nnx.bridge.ToLinen to make it a linen Module, or pass a "
           "function (state, x) -> representations, e.g. with graphdef, "
           "state = nnx.split(model): lambda state, x: "
-          "nnx.merge(graphdef, state)(x), and measure(fn, state, images).")
+          "nnx.merge(graphdef, state)(x), and measure(fn, state, images)."
+      )
     kwargs = dict(apply_kwargs or {})
-    clash = sorted(set(kwargs) & {"mutable", "capture_intermediates",
-                                  "method"})
+    clash = sorted(set(kwargs) & {"mutable", "capture_intermediates", "method"})
     if clash:
-      raise ValueError(f"apply_kwargs: {clash} are set by the metrics "
-                       "themselves; remove them")
+      raise ValueError(
+          f"apply_kwargs: {clash} are set by the metrics "
+          "themselves; remove them"
+      )
     if isinstance(layers, type):
       layers = (layers,)
     elif isinstance(layers, list):
@@ -343,22 +383,33 @@ class Representations:
       if not callable(layers):
         raise ValueError(
             "layers must be None, a regex string, a module type or tuple of "
-            f"types, a Flax filter function or (), got {layers!r}")
+            f"types, a Flax filter function or (), got {layers!r}"
+        )
       layers = SameComputation(layers)
-    if isinstance(layers, tuple) and not all(isinstance(t, type)
-                                             for t in layers):
-      raise ValueError(f"layers: a tuple must hold module types, got {layers!r}")
+    if isinstance(layers, tuple) and not all(
+        isinstance(t, type) for t in layers
+    ):
+      raise ValueError(
+          f"layers: a tuple must hold module types, got {layers!r}"
+      )
     if isinstance(model, nn.Module):
-      return cls(module=model, apply_kwargs=tuple(sorted(kwargs.items())),
-                 select=layers, mix_at=mix_at)
+      return cls(
+          module=model,
+          apply_kwargs=tuple(sorted(kwargs.items())),
+          select=layers,
+          mix_at=mix_at,
+      )
     if not callable(model):
-      raise ValueError("model must be a flax.linen.Module or a function "
-                       f"(variables, x) -> outputs, got {type(model)}")
+      raise ValueError(
+          "model must be a flax.linen.Module or a function "
+          f"(variables, x) -> outputs, got {type(model)}"
+      )
     if layers is not None or mix_at is not None or kwargs:
       raise ValueError(
           "layers, mix_at and apply_kwargs need a flax.linen.Module as "
           "model; an apply function reports the arrays it returns, so "
-          "return the representations you want from it")
+          "return the representations you want from it"
+      )
     return cls(apply_fn=SameComputation(model))
 
   @classmethod
@@ -369,8 +420,9 @@ class Representations:
 
   def with_tokens(self, shape, dtype) -> "Representations":
     """The same, taking mixing-space points for integer inputs of ``shape``."""
-    return dataclasses.replace(self, token_shape=tuple(shape),
-                               token_dtype=jnp.dtype(dtype).name)
+    return dataclasses.replace(
+        self, token_shape=tuple(shape), token_dtype=jnp.dtype(dtype).name
+    )
 
   # -- evaluation -----------------------------------------------------------
 
@@ -380,13 +432,17 @@ class Representations:
       out = self.apply_fn(variables, x)
       if not self.activations_dict:
         return dict(_named_leaves(out, OUTPUT))
-      if not (isinstance(out, (tuple, list)) and len(out) == 2
-              and isinstance(out[1], Mapping)):
+      if not (
+          isinstance(out, (tuple, list))
+          and len(out) == 2
+          and isinstance(out[1], Mapping)
+      ):
         raise ValueError(
             "apply_fn must return (logits, {layer: activation}) (the "
             "LinearityEvaluator contract), got "
             f"{jax.tree.map(jnp.shape, out)}. To measure a model that "
-            "returns anything else, use linearity.measure(model, ...).")
+            "returns anything else, use linearity.measure(model, ...)."
+        )
       acts = out[1]
       return {name: acts[name] for name in sorted(acts)}
     return self._module_layers(variables, x)
@@ -396,14 +452,22 @@ class Representations:
       inputs, replace = x, contextlib.nullcontext()
     else:
       inputs = jnp.zeros((x.shape[0],) + self.token_shape, self.token_dtype)
-      replace = nn.intercept_methods(functools.partial(
-          _replace_output, path=tuple(self.mix_at.split("/")), value=x))
-    variables = {k: v for k, v in dict(variables).items()
-                 if k != "intermediates"}
+      replace = nn.intercept_methods(
+          functools.partial(
+              _replace_output, path=tuple(self.mix_at.split("/")), value=x
+          )
+      )
+    variables = {
+        k: v for k, v in dict(variables).items() if k != "intermediates"
+    }
     with _explained_model_errors(), replace:
-      return self.module.apply(variables, inputs, capture_intermediates=capture,
-                               mutable=["intermediates"],
-                               **dict(self.apply_kwargs))
+      return self.module.apply(
+          variables,
+          inputs,
+          capture_intermediates=capture,
+          mutable=["intermediates"],
+          **dict(self.apply_kwargs),
+      )
 
   def _module_layers(self, variables, x) -> dict:
     wanted = _capture_filter(self.select)
@@ -419,12 +483,17 @@ class Representations:
     out, state = self._apply(variables, x, capture)
     captured = _captured_layers(state.get("intermediates", {}))
     if mix_path is not None:
-      where = [i for i, (path, method, _, _) in enumerate(captured)
-               if path == mix_path and method == "__call__"]
+      where = [
+          i
+          for i, (path, method, _, _) in enumerate(captured)
+          if path == mix_path and method == "__call__"
+      ]
       if not where:
-        raise ValueError(f"mix_at={self.mix_at!r} is not the path of a "
-                         "submodule the model calls")
-      captured = captured[where[0] + 1:]  # layers that see the mixture
+        raise ValueError(
+            f"mix_at={self.mix_at!r} is not the path of a "
+            "submodule the model calls"
+        )
+      captured = captured[where[0] + 1 :]  # layers that see the mixture
     outputs = _named_leaves(out, OUTPUT)
     output_ids = {id(v) for _, v in outputs}
     layers = {}
@@ -439,25 +508,34 @@ class Representations:
     """The layers measured for a batch like ``inputs``, in network order,
     without running or compiling anything (an abstract trace)."""
     inputs = jnp.asarray(inputs)
-    return [spec.name for spec in layer_specs(
-        self, variables, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype))]
+    return [
+        spec.name
+        for spec in layer_specs(
+            self, variables, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
+        )
+    ]
 
   def embed(self, variables, tokens):
     """The ``mix_at`` layer's output for integer ``tokens`` (mixing space)."""
     mix_path = tuple(self.mix_at.split("/"))
     _, state = self.unmixed()._apply(  # pylint: disable=protected-access
-        variables, tokens,
-        lambda mdl, method: mdl.path == mix_path and method == "__call__")
+        variables,
+        tokens,
+        lambda mdl, method: mdl.path == mix_path and method == "__call__",
+    )
     captured = _captured_layers(state.get("intermediates", {}))
     if not captured:
-      raise ValueError(f"mix_at={self.mix_at!r} is not the path of a "
-                       "submodule the model calls")
+      raise ValueError(
+          f"mix_at={self.mix_at!r} is not the path of a "
+          "submodule the model calls"
+      )
     return captured[0][3]
 
   def unmixed(self) -> "Representations":
     """The same layers for the model's own inputs (no ``mix_at``)."""
-    return dataclasses.replace(self, mix_at=None, token_shape=None,
-                               token_dtype=None)
+    return dataclasses.replace(
+        self, mix_at=None, token_shape=None, token_dtype=None
+    )
 
 
 def _replace_output(next_fun, args, kwargs, context, *, path, value):
@@ -482,7 +560,8 @@ def as_representations(model) -> Representations:
 
 def _abstract(tree):
   return jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
+      lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree
+  )
 
 
 @functools.lru_cache(maxsize=256)
@@ -490,8 +569,9 @@ def _layer_specs_cached(reps, treedef, leaves, x_spec) -> tuple:
   variables = jax.tree.unflatten(treedef, leaves)
   traced = {}
   for batch in (2, 3):
-    spec = jax.ShapeDtypeStruct((batch,) + tuple(x_spec.shape[1:]),
-                                x_spec.dtype)
+    spec = jax.ShapeDtypeStruct(
+        (batch,) + tuple(x_spec.shape[1:]), x_spec.dtype
+    )
     names = []
 
     def in_order(v, x, names=names):
@@ -500,32 +580,40 @@ def _layer_specs_cached(reps, treedef, leaves, x_spec) -> tuple:
       names.extend(out)
       return list(out.values())
 
-    traced[batch] = dict(zip(names, jax.eval_shape(in_order, variables,
-                                                   spec)))
+    traced[batch] = dict(zip(names, jax.eval_shape(in_order, variables, spec)))
   two, three = traced[2], traced[3]
   if not two:
-    raise ValueError("layers: no representation selected (the filter matched "
-                     "no submodule and the model returned no array)")
+    raise ValueError(
+        "layers: no representation selected (the filter matched "
+        "no submodule and the model returned no array)"
+    )
   specs = []
   for name, a in two.items():
     b = three.get(name)
-    if a.ndim == 0 or b is None or a.shape[0] != 2 or b.shape != (3,) + tuple(
-        a.shape[1:]):
+    if (
+        a.ndim == 0
+        or b is None
+        or a.shape[0] != 2
+        or b.shape != (3,) + tuple(a.shape[1:])
+    ):
       raise ValueError(
           f"layer {name!r} has shape {tuple(a.shape)} for a batch of 2 "
           f"examples: it has no leading batch axis. Exclude it with the "
-          "layers argument (a module filter), or return per-example arrays.")
+          "layers argument (a module filter), or return per-example arrays."
+      )
     if not jnp.issubdtype(a.dtype, jnp.inexact):
       raise ValueError(
           f"layer {name!r} has dtype {a.dtype}: only floating "
           "representations can be mixed. Exclude it with the layers "
-          "argument.")
+          "argument."
+      )
     specs.append(LayerSpec(name, tuple(a.shape[1:]), jnp.dtype(a.dtype)))
   return tuple(specs)
 
 
-def layer_specs(reps: Representations, variables,
-                x_spec: jax.ShapeDtypeStruct) -> tuple[LayerSpec, ...]:
+def layer_specs(
+    reps: Representations, variables, x_spec: jax.ShapeDtypeStruct
+) -> tuple[LayerSpec, ...]:
   """The layers of ``reps`` for inputs like ``x_spec``, validated.
 
   Traced abstractly (``jax.eval_shape``, no FLOPs) for batches of 2 and 3
@@ -534,5 +622,9 @@ def layer_specs(reps: Representations, variables,
   variable shapes, input shape).
   """
   leaves, treedef = jax.tree.flatten(_abstract(variables))
-  return _layer_specs_cached(reps, treedef, tuple(leaves),
-                             jax.ShapeDtypeStruct(x_spec.shape, x_spec.dtype))
+  return _layer_specs_cached(
+      reps,
+      treedef,
+      tuple(leaves),
+      jax.ShapeDtypeStruct(x_spec.shape, x_spec.dtype),
+  )

@@ -40,7 +40,9 @@ def as_key(key, default_seed: int = 0):
   return key
 
 
-def check_weights(weights, num_points: int, name: str = "weights") -> np.ndarray:
+def check_weights(
+    weights, num_points: int, name: str = "weights"
+) -> np.ndarray:
   """``weights`` as float32 ``(W, num_points)``, or a ValueError naming ``name``.
 
   The metrics are defined for convex combinations only: a row off the
