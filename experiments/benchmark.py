@@ -1,6 +1,8 @@
 r"""Benchmarks the real train step and the linearity metrics; prints a table, writes JSON.
 
     python experiments/benchmark.py --tiny                       # seconds, CPU smoke
+    python experiments/benchmark.py --tiny --regimes=erm --epoch_tuples=512 \
+        --post_hoc_tuples=10000 --linearity_batch=1000   # metric vs its floor
     python experiments/benchmark.py --models=preact_resnet18,wrn28_2 \
         --torch_reference=../shared/bench/torch_resnet18_mixup.py --out=bench.json
 
@@ -23,6 +25,11 @@ _WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps after compilation.
 _DTYPE = flags.DEFINE_enum("compute_dtype", None, ["auto", "float32", "bfloat16"],
                            "Train-step compute dtype.")
 _POST_HOC = flags.DEFINE_integer("post_hoc_tuples", None, "Tuples of the post-hoc metric.")
+_EPOCH_TUPLES = flags.DEFINE_integer("epoch_tuples", None, "Tuples of the per-epoch metric.")
+_LIN_BATCH = flags.DEFINE_integer("linearity_batch", None, "Tuples per linearity batch.")
+_LIN_REPEATS = flags.DEFINE_integer(
+    "linearity_repeats", None, "Alternating timed runs of the metric and its forward-pass floor.")
+_LIN_DTYPES = flags.DEFINE_list("linearity_dtypes", None, "Linearity compute dtypes.")
 _TORCH = flags.DEFINE_string("torch_reference", None,
                              "Path of the PyTorch reference script to run in the same call.")
 _OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON report.")
@@ -40,7 +47,9 @@ def _main():
   settings = benchmark.BenchSettings.tiny() if _TINY.value else benchmark.BenchSettings()
   for flag, field in ((_MODELS, "models"), (_REGIMES, "regimes"), (_BATCH, "batch_size"),
                       (_STEPS, "steps"), (_WARMUP, "warmup"), (_DTYPE, "compute_dtype"),
-                      (_POST_HOC, "post_hoc_tuples")):
+                      (_POST_HOC, "post_hoc_tuples"), (_EPOCH_TUPLES, "epoch_tuples"),
+                      (_LIN_BATCH, "linearity_batch"), (_LIN_REPEATS, "linearity_repeats"),
+                      (_LIN_DTYPES, "linearity_dtypes")):
     if flag.value is not None:
       setattr(settings, field, flag.value)
   for regime in settings.regimes:

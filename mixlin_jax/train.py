@@ -503,8 +503,11 @@ def format_epoch_summary(record: dict) -> str:
   lin = ""
   if "linearity" in record:
     err = record["linearity"]["interp_error"]
+    # A dead/collapsed layer has no value; never print it as linear.
+    dead = set(record["linearity"].get("collapsed_layers", ()))
     lin = " interp_error[" + ", ".join(
-        f"{name.split('_', 1)[-1]}={np.mean(err[name]['mean']):.3g}"
+        f"{name.split('_', 1)[-1]}=" + ("collapsed" if name in dead else
+                                        f"{np.mean(err[name]['mean']):.3g}")
         for name in record["linearity"]["layers"]) + "]"
   return (f"epoch {record['epoch']}: loss {record['train']['loss']:.4f} "
           f"test acc {record['test']['student_accuracy']:.4f} "

@@ -11,7 +11,9 @@ TRAIN_FIELDS = {"model", "regime", "batch_size", "compute_dtype", "compile_s",
                 "compiles", "peak_memory_bytes"}
 LINEARITY_FIELDS = {"model", "kind", "dtype", "num_tuples", "num_weights",
                     "num_layers", "compile_s", "seconds", "naive_tuples_timed",
-                    "naive_seconds_extrapolated", "speedup_vs_naive"}
+                    "naive_seconds_extrapolated", "speedup_vs_naive",
+                    "floor_seconds", "ratio_vs_floor", "cpu_seconds",
+                    "floor_cpu_seconds", "cpu_ratio_vs_floor"}
 
 
 def test_tiny_benchmark_reports_every_field():
@@ -29,6 +31,7 @@ def test_tiny_benchmark_reports_every_field():
     assert LINEARITY_FIELDS <= set(r)
     assert r["num_weights"] == len(benchmark.POST_HOC_GRID) == 8
     assert r["num_layers"] == 5  # the CNN's five representations
+    assert r["floor_seconds"] > 0 and r["ratio_vs_floor"] > 0
   assert "fraction_of_epoch" in report["linearity"][0]
   table = benchmark.format_table(report)
   assert "| cnn | mix2 | 16 |" in table and "post_hoc" in table

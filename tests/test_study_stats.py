@@ -152,7 +152,9 @@ def _record(regime, seed, epoch, rng):
 
 
 def write_synthetic_study(out, regimes=("erm", "supmix2", "mix2", "mix3"),
-                          seeds=(0, 1, 2), skip=(), incomplete=()):
+                          seeds=(0, 1, 2), skip=(), incomplete=(),
+                          collapsed=None):
+  """``collapsed``: {run name: layer flagged dead/collapsed at the end}."""
   rng = np.random.default_rng(0)
   for seed in seeds:
     for regime in regimes:
@@ -170,7 +172,11 @@ def write_synthetic_study(out, regimes=("erm", "supmix2", "mix2", "mix3"),
       last = EPOCHS - 2 if name in incomplete else EPOCHS
       with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
         for epoch in range(1, last + 1):
-          f.write(json.dumps(_record(regime, seed, epoch, rng)) + "\n")
+          record = _record(regime, seed, epoch, rng)
+          record["linearity"]["collapsed_layers"] = (
+              [collapsed[name]] if collapsed and name in collapsed and
+              epoch == EPOCHS else [])
+          f.write(json.dumps(record) + "\n")
 
 
 def _verdict(agg, claim, regime):
@@ -258,3 +264,31 @@ def test_aggregate_names_missing_and_incomplete_runs(tmp_path):
 def test_aggregate_without_finished_runs_is_a_clear_error(tmp_path):
   with pytest.raises(study_lib.AnalysisError, match="no finished run"):
     study_lib.aggregate(str(tmp_path))
+
+
+def test_collapsed_layer_is_left_out_of_claims_and_named(tmp_path):
+  out = str(tmp_path / "study")
+  write_synthetic_study(out, collapsed={"mix3_seed1": "02_pooled"})
+  agg = study_lib.aggregate(out)
+  assert agg.collapsed == {"02_pooled": ["mix3_seed1"]}
+  for v in agg.verdicts:
+    assert "02_pooled" not in v.get("layers", [])
+  assert _verdict(agg, "a", "supmix2")["layers"] == ["01_conv"]
+  md = study_lib.claims_markdown(agg, "t")
+  assert "Left out as dead/collapsed" in md and "pooled in mix3_seed1" in md
+  paths = study_lib.write_all(agg)
+  assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_runs_without_the_collapse_flag_say_so(tmp_path):
+  out = str(tmp_path / "study")
+  write_synthetic_study(out, regimes=("erm", "mix2"), seeds=(0, 1))
+  for name in os.listdir(os.path.join(out, "runs")):
+    path = os.path.join(out, "runs", name, "metrics.jsonl")
+    lines = [json.loads(l) for l in open(path)]
+    for r in lines:
+      del r["linearity"]["collapsed_layers"]
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in lines)
+  md = study_lib.claims_markdown(study_lib.aggregate(out), "t")
+  assert "logged before the dead/collapsed flag existed" in md

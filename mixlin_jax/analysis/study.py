@@ -80,6 +80,10 @@ class StudyData:
   linearity: pd.DataFrame  # regime, seed, epoch, layer, metric, value, tuple_sem
   curves: pd.DataFrame  # regime, seed, epoch, CURVE_KEYS...
   config: dict  # flat config of the first finished run
+  # (regime, seed, epoch, layer) of every layer a run's record flagged as
+  # dead/collapsed (most tuples indistinguishable there).
+  collapsed: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+  collapse_flag_recorded: bool = False  # any record carries the flag
 
   @property
   def final_epoch(self) -> int:
@@ -100,7 +104,8 @@ def load(out: str, regimes: Sequence[str] | None = None,
   seeds = sorted(seeds or {s.seed for s in found})
   grid = [studies.RunSpec(r, s) for s in seeds for r in regimes]
   statuses = [studies.run_status(out, spec) for spec in grid]
-  lin_frames, curve_rows, config = [], [], None
+  lin_frames, curve_rows, collapsed_rows, config = [], [], [], None
+  flag_recorded = False
   for st in statuses:
     if not st.finished:
       continue
@@ -118,6 +123,10 @@ def load(out: str, regimes: Sequence[str] | None = None,
       for name, (group, key) in CURVE_KEYS.items():
         row[name] = (record.get(group) or {}).get(key, math.nan)
       curve_rows.append(row)
+      flag_recorded |= "collapsed_layers" in (record.get("linearity") or {})
+      for layer in (record.get("linearity") or {}).get("collapsed_layers", ()):
+        collapsed_rows.append({"regime": st.spec.regime, "seed": st.spec.seed,
+                               "epoch": row["epoch"], "layer": layer})
   if config is None:
     raise AnalysisError(
         f"{out} holds no finished run (expected folders such as "
@@ -134,7 +143,10 @@ def load(out: str, regimes: Sequence[str] | None = None,
       regimes=[r for r in regimes if any((r, s) in done for s in seeds)],
       seeds=[s for s in seeds if any((r, s) in done for r in regimes)],
       layers=layer_order(linearity["layer"]), linearity=linearity,
-      curves=curves.sort_values(["regime", "seed", "epoch"]), config=config)
+      curves=curves.sort_values(["regime", "seed", "epoch"]), config=config,
+      collapsed=pd.DataFrame(collapsed_rows,
+                             columns=["regime", "seed", "epoch", "layer"]),
+      collapse_flag_recorded=flag_recorded)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +291,18 @@ def excluded_layers(data: StudyData) -> list[str]:
           if l in worst and worst[l] < claims_lib.LINEAR_BY_CONSTRUCTION]
 
 
+def collapsed_layers(data: StudyData) -> dict[str, list[str]]:
+  """Layers flagged dead/collapsed at the final epoch -> the runs flagging
+  them.  Such a layer has no meaningful linearity (its points are
+  indistinguishable), so the claims leave it out and say so."""
+  c = data.collapsed
+  if c.empty:
+    return {}
+  final = c[c["epoch"] == data.final_epoch]
+  return {layer: [f"{r}_seed{s}" for r, s in zip(g["regime"], g["seed"])]
+          for layer, g in final.groupby("layer")}
+
+
 def k_pairs(regimes: Sequence[str]) -> list[tuple[str, str]]:
   """(mixK, mix2) and (supmixK, supmix2) for every K > 2 in the study."""
   out = []
@@ -304,6 +328,7 @@ class Aggregate:
   convergence_paired: pd.DataFrame
   excluded: list[str]
   verdicts: list[dict]
+  collapsed: dict = dataclasses.field(default_factory=dict)
 
 
 def aggregate(out: str, baseline: str | None = None,
@@ -322,6 +347,7 @@ def aggregate(out: str, baseline: str | None = None,
   conv_paired = convergence_paired(
       conv, data.seeds, [(r, baseline) for r in others] + k_pairs(data.regimes))
   excluded = excluded_layers(data)
+  collapsed = collapsed_layers(data)
   final = paired[paired["epoch"] == data.final_epoch]
   lin_diff = {(r.regime, r.layer, r.metric): {
       "n": r.n_pairs, "mean": r.mean_diff, "ci_low": r.ci_low,
@@ -335,10 +361,10 @@ def aggregate(out: str, baseline: str | None = None,
                           "p_value": r.p_value} for r in acc.itertuples()}
   metrics = [m for m in METRICS if m in set(data.linearity["metric"])]
   verdicts = claims_lib.evaluate(claims_lib.CLAIMS, data.regimes, baseline,
-                                 data.layers, excluded, metrics, lin_diff,
-                                 conv_diff)
+                                 data.layers, excluded + sorted(collapsed),
+                                 metrics, lin_diff, conv_diff)
   return Aggregate(data, baseline, summary, paired, accuracy_table(data),
-                   conv, targets, conv_paired, excluded, verdicts)
+                   conv, targets, conv_paired, excluded, verdicts, collapsed)
 
 
 # ---------------------------------------------------------------------------
@@ -414,6 +440,18 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
     lines += ["Excluded as linear by construction (final interpolation error "
               f"< {claims_lib.LINEAR_BY_CONSTRUCTION:g} in every run): " +
               ", ".join(display_layer(l) for l in agg.excluded) + ".", ""]
+  if agg.collapsed:
+    lines += ["Left out as dead/collapsed at the final epoch (most tuples' "
+              "points indistinguishable there; not \"perfectly linear\"): " +
+              "; ".join(f"{display_layer(l)} in {', '.join(runs)}"
+                        for l, runs in sorted(agg.collapsed.items())) + ".",
+              ""]
+  elif d.collapse_flag_recorded:
+    lines += ["No layer was flagged dead/collapsed at the final epoch.", ""]
+  else:
+    lines += ["These runs were logged before the dead/collapsed flag "
+              "existed (no record carries `collapsed_layers`; their means "
+              "include degenerate tuples).", ""]
   lines += ["## Verdicts", "",
             "| claim | regime | primary verdict | " +
             " | ".join(METRIC_LABELS[m] for m in METRICS if m != "interp_error"

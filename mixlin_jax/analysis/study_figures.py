@@ -15,7 +15,9 @@
   seed a dot, the mean with its interval.
 
 Every regime has its project-wide colour (``figures.REGIME_COLORS``).
-Layers excluded as linear by construction are greyed out and labelled.
+Layers excluded as linear by construction are greyed out and labelled;
+layers flagged dead/collapsed at the final epoch are hatched, labelled and
+drawn without a value (never as "perfectly linear").
 """
 
 from __future__ import annotations
@@ -33,15 +35,21 @@ from mixlin_jax.analysis.tables import METRIC_LABELS, display_layer
 from mixlin_jax.linearity import METRICS
 
 
-def _layer_ticks(ax, layers, excluded):
-  ax.set_xticks(range(len(layers)), [
-      display_layer(l) + (" (linear by\nconstruction)" if l in excluded
-                          else "") for l in layers],
+def _layer_ticks(ax, layers, excluded, collapsed=()):
+  def label(l):
+    if l in excluded:
+      return display_layer(l) + " (linear by\nconstruction)"
+    if l in collapsed:
+      return display_layer(l) + " (collapsed:\nleft out)"
+    return display_layer(l)
+  ax.set_xticks(range(len(layers)), [label(l) for l in layers],
                 rotation=30 if len(layers) > 5 else 0,
                 ha="right" if len(layers) > 5 else "center", fontsize=8)
   for i, l in enumerate(layers):
     if l in excluded:
       ax.axvspan(i - 0.45, i + 0.45, color="0.9", zorder=0)
+    elif l in collapsed:
+      ax.axvspan(i - 0.45, i + 0.45, color="0.9", hatch="//", zorder=0)
   ax.set_xlabel("layer (network order)")
   ax.grid(True, alpha=0.3)
 
@@ -68,7 +76,8 @@ def plot_paired_differences(agg, path: str) -> str:
       g = g.set_index("layer")
       xs, ys, lo, hi = [], [], [], []
       for i, layer in enumerate(d.layers):
-        if layer not in g.index or layer in agg.excluded:
+        if layer not in g.index or layer in agg.excluded or (
+            layer in agg.collapsed):
           continue
         r = g.loc[layer]
         base = r["baseline_mean"]
@@ -84,7 +93,7 @@ def plot_paired_differences(agg, path: str) -> str:
         err = np.where(np.isfinite(err), err, 0.0)
       ax.errorbar(xs, ys, yerr=err, fmt="o", color=regime_color(regime),
                   capsize=3, label=regime, ms=5)
-    _layer_ticks(ax, d.layers, agg.excluded)
+    _layer_ticks(ax, d.layers, agg.excluded, agg.collapsed)
     ax.set_ylabel(f"({'regime'} - {agg.baseline}) / {agg.baseline}, %")
     ax.set_title(METRIC_LABELS.get(metric, metric))
     ax.legend(fontsize="small")
@@ -104,8 +113,8 @@ def plot_final_profiles(agg, path: str) -> str:
     for regime in d.regimes:
       g = s[(s["regime"] == regime) & (s["metric"] == metric)].set_index(
           "layer")
-      keep = [i for i, l in enumerate(d.layers)
-              if l in g.index and l not in agg.excluded]
+      keep = [i for i, l in enumerate(d.layers) if l in g.index and
+              l not in agg.excluded and l not in agg.collapsed]
       if not keep:
         continue
       rows = g.loc[[d.layers[i] for i in keep]]
@@ -113,7 +122,7 @@ def plot_final_profiles(agg, path: str) -> str:
       ax.plot(keep, rows["mean"], "o-", color=color, label=regime)
       _band(ax, keep, rows["ci_low"], rows["ci_high"], color)
       values += rows["mean"].tolist()
-    _layer_ticks(ax, d.layers, agg.excluded)
+    _layer_ticks(ax, d.layers, agg.excluded, agg.collapsed)
     if wants_log(values):
       ax.set_yscale("log")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -144,7 +153,9 @@ def plot_layers_over_epochs(agg, path: str,
       values += g["mean"].tolist()
     if wants_log(values):
       ax.set_yscale("log")
-    ax.set_title(display_layer(layer))
+    ax.set_title(display_layer(layer) + (
+        " (collapsed at the end in some runs)" if layer in agg.collapsed
+        else ""), fontsize=9 if layer in agg.collapsed else None)
     epoch_axis(ax)
     ax.grid(True, alpha=0.3)
   for idx in range(len(layers), nrows * ncols):

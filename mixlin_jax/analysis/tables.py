@@ -29,6 +29,7 @@ METRIC_LABELS = {
     "interp_error": "interpolation error",
     "relative_error": "relative error",
     "tangent_residual": "tangent residual",
+    "raw_gap": "raw gap",
 }
 TABLE_NAME = "linearity"
 # Accuracy and loss columns of metrics_rows() used by the figures and the

@@ -1,0 +1,580 @@
+"""Streaming evaluation of the linearity metrics over fixed tuples of a split.
+
+One jitted computation per call: a ``lax.scan`` over tuple batches that
+gathers the tuple images on device, runs the metrics' core
+(:func:`~mixlin_jax.linearity.metrics.tuple_values`) and merges (count,
+mean, M2) per metric, layer and weight, leaving out degenerate tuples; one
+host transfer per call.  The jitted function is module level with the model
+as a static argument that compares by value, so every evaluator (and every
+``measure`` call) with an equal model, equal options and equal shapes shares
+one compilation, whatever function object wraps the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mixlin_jax.linearity import representations as reps_lib
+from mixlin_jax.linearity.metrics import (
+    DEGENERATE_RTOL,
+    METRICS,
+    check_metrics,
+    forward_points,
+    tuple_values,
+)
+from mixlin_jax.linearity.sampling import (
+    DEFAULT_GRID,
+    as_key,
+    check_weights,
+    draw_tuples,
+    mixing_weights,
+)
+
+__all__ = [
+    "BATCH_DEPENDENCE_RTOL",
+    "COLLAPSED_FRACTION",
+    "LinearityEvaluator",
+    "default_logits_layers",
+]
+
+#: A layer is flagged collapsed when more than this fraction of the tuples
+#: is degenerate there (its points indistinguishable): "most tuples".
+COLLAPSED_FRACTION = 0.5
+
+#: Largest relative difference (in norm) allowed between an example's
+#: representations computed alone and inside a batch.  Float reassociation
+#: across batch sizes gives ~1e-6 (float32) to ~1e-3 (bfloat16); BatchNorm
+#: in training mode or dropout give O(1).
+BATCH_DEPENDENCE_RTOL = 1e-2
+
+
+def default_logits_layers(names: Sequence[str]) -> tuple[str, ...]:
+  """Layers taken to hold class logits: this project's ``"NN_logits"``
+  naming convention, or a model's own output named ``"output"``."""
+  return tuple(
+      n
+      for n in names
+      if n.split("_", 1)[-1] == "logits" or n == reps_lib.OUTPUT
+  )
+
+
+def _merge_stats(n, mean, m2, values, mask):
+  """Chan et al. parallel update of (count, mean, M2) with a masked batch.
+
+  values: (R, B); mask: (B,) bool; n: () count so far.  Numerically stable,
+  unlike running sums of v and v^2 in float32 (whose difference cancels
+  when the spread is small relative to the mean).
+  """
+  nb = jnp.sum(mask).astype(jnp.float32)
+  safe = jnp.where(mask[None], values, 0.0)
+  bmean = jnp.sum(safe, axis=-1) / jnp.maximum(nb, 1.0)
+  bm2 = jnp.sum(
+      jnp.where(mask[None], jnp.square(values - bmean[:, None]), 0.0), axis=-1
+  )
+  tot = jnp.maximum(n + nb, 1.0)
+  delta = bmean - mean
+  return (
+      n + nb,
+      mean + delta * (nb / tot),
+      m2 + bm2 + jnp.square(delta) * (n * nb / tot),
+  )
+
+
+def _gather(images, idx, preprocess):
+  x = images[idx]
+  return preprocess(x) if preprocess is not None else x.astype(jnp.float32)
+
+
+def _batch_dependence(reps, variables, images, tuples, preprocess):
+  """Relative difference of one example's representations computed alone
+  and last in a batch with the other points of its tuple (0 for a model
+  whose examples do not interact).  Last, not first: a layer that depends
+  on the position in the batch (dropout with a fixed key) differs there."""
+  first = tuples[0, 0]
+  together = reps(variables, _gather(images, first[::-1], preprocess))
+  alone = reps(variables, _gather(images, first[:1], preprocess))
+  worst = jnp.zeros((), jnp.float32)
+  for name, a in alone.items():
+    a = a[0].astype(jnp.float32)
+    b = together[name][-1].astype(jnp.float32)
+    rel = jnp.sqrt(
+        jnp.sum(jnp.square(a - b)) / jnp.maximum(jnp.sum(jnp.square(b)), 1e-30)
+    )
+    worst = jnp.maximum(worst, rel)
+  return worst
+
+
+def _constrain(batch_sharding):
+  if batch_sharding is None:
+    return None
+  return functools.partial(
+      lax.with_sharding_constraint, shardings=batch_sharding
+  )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "reps",
+        "preprocess",
+        "metrics",
+        "logits_layers",
+        "degenerate_rtol",
+        "batch_sharding",
+        "replicated",
+    ),
+)
+def _evaluate(
+    variables,
+    images,
+    tuples,
+    mask,
+    weights,
+    tangent_t,
+    *,
+    reps,
+    preprocess,
+    metrics,
+    logits_layers,
+    degenerate_rtol,
+    batch_sharding,
+    replicated,
+):
+  """All tuple batches in one ``lax.scan``; statistics stay on device."""
+  constrain = _constrain(batch_sharding)
+  _, B, K = tuples.shape
+
+  def batch_values(idx):
+    idx = idx.reshape(-1)
+    if constrain is not None:  # each device gathers only its tuples
+      idx = constrain(idx)
+    x = _gather(images, idx, preprocess)
+    x = x.reshape((B, K) + x.shape[1:])
+    if constrain is not None:
+      x = constrain(x)
+    out = tuple_values(
+        reps,
+        variables,
+        x,
+        weights,
+        tangent_t,
+        metrics,
+        logits_layers=logits_layers,
+        degenerate_rtol=degenerate_rtol,
+        constrain=constrain,
+    )
+    del out["layers"]
+    return out
+
+  shapes = jax.eval_shape(batch_values, tuples[0])
+  init = {
+      "stats": jax.tree.map(
+          lambda s: (
+              jnp.zeros((), jnp.float32),
+              jnp.zeros(s.shape[:1], jnp.float32),
+              jnp.zeros(s.shape[:1], jnp.float32),
+          ),
+          shapes["values"],
+      ),
+      "degenerate": jax.tree.map(
+          lambda s: jnp.zeros((), jnp.int32), shapes["degenerate"]
+      ),
+      "tuple_degenerate": jax.tree.map(
+          lambda s: jnp.zeros((), jnp.int32), shapes["tuple_degenerate"]
+      ),
+  }
+  is_stats = lambda v: isinstance(v, tuple)
+
+  def body(carry, inp):
+    idx, valid = inp
+    out = batch_values(idx)
+    stats = jax.tree.map(
+        lambda s, v, d: _merge_stats(*s, v, valid & ~d),
+        carry["stats"],
+        out["values"],
+        out["degenerate"],
+        is_leaf=is_stats,
+    )
+    count = lambda c, d: c + jnp.sum(valid & d, dtype=jnp.int32)
+    return {
+        "stats": stats,
+        "degenerate": jax.tree.map(
+            count, carry["degenerate"], out["degenerate"]
+        ),
+        "tuple_degenerate": jax.tree.map(
+            count, carry["tuple_degenerate"], out["tuple_degenerate"]
+        ),
+    }, None
+
+  final, _ = lax.scan(body, init, (tuples, mask))
+  stats = final["stats"]
+  n = jax.tree.map(lambda s: s[0], stats, is_leaf=is_stats)
+  # Mean over no tuple is undefined (NaN); so is the stderr = std(ddof=1) /
+  # sqrt(n) of fewer than two.
+  mean = jax.tree.map(
+      lambda s: jnp.where(s[0] > 0, s[1], jnp.nan), stats, is_leaf=is_stats
+  )
+  stderr = jax.tree.map(
+      lambda s: jnp.where(
+          s[0] > 1, jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0) / s[0]), jnp.nan
+      ),
+      stats,
+      is_leaf=is_stats,
+  )
+  result = {
+      "count": n,
+      "mean": mean,
+      "stderr": stderr,
+      "degenerate": final["degenerate"],
+      "tuple_degenerate": final["tuple_degenerate"],
+      "batch_dependence": _batch_dependence(
+          reps, variables, images, tuples, preprocess
+      ),
+  }
+  if replicated is not None:
+    result = lax.with_sharding_constraint(result, replicated)
+  return result
+
+
+@functools.partial(
+    jax.jit, static_argnames=("reps", "preprocess", "metrics", "batch_sharding")
+)
+def _forward_floor(
+    variables,
+    images,
+    tuples,
+    weights,
+    tangent_t,
+    *,
+    reps,
+    preprocess,
+    metrics,
+    batch_sharding,
+):
+  """Only the forward passes of :func:`_evaluate`, for the benchmark.
+
+  The same scan, gather, preprocessing, input mixing and forwards (the
+  originals, the mixtures, the tangent path points and the JVP at x_1, all
+  batched as in the metrics); each layer is reduced to one number so that
+  nothing is dead code, and the metrics' arithmetic and statistics are left
+  out.  Its run time is the floor the metrics are measured against.
+  """
+  constrain = _constrain(batch_sharding)
+  _, B, K = tuples.shape
+
+  def body(total, idx):
+    idx = idx.reshape(-1)
+    if constrain is not None:
+      idx = constrain(idx)
+    x = _gather(images, idx, preprocess)
+    x = x.reshape((B, K) + x.shape[1:])
+    if constrain is not None:
+      x = constrain(x)
+    _, h, r, jd, hp, _ = forward_points(
+        reps, variables, x, weights, tangent_t, metrics, constrain
+    )
+    for group in (h, r, jd, hp):
+      for a in group or ():
+        total = total + jnp.sum(a)
+    return total, None
+
+  total, _ = lax.scan(body, jnp.zeros((), jnp.float32), tuples)
+  return total
+
+
+class _Program:
+  """The evaluator's jitted computation with its static arguments bound;
+  ``lower`` exposes the compiled program (for inspection in tests)."""
+
+  def __init__(self, fn, **static):
+    self._fn = fn
+    self._static = static
+
+  def __call__(self, *args):
+    return self._fn(*args, **self._static)
+
+  def lower(self, *args):
+    return self._fn.lower(*args, **self._static)
+
+
+class LinearityEvaluator:
+  """Streams the linearity metrics over fixed tuples of an evaluation split.
+
+  Tuples and weights are drawn once, in ``__init__``, from ``key`` (split
+  into a tuple key and a weight key), so every call -- every epoch, every
+  run with the same configuration -- evaluates the same tuples and weights.
+  ``__call__`` is one jitted computation (see the module docstring); the
+  last partial batch is padded (with copies of the first tuple) and masked
+  out.  Tuples degenerate at a layer (see
+  :mod:`~mixlin_jax.linearity.metrics`) are left out of that layer's
+  normalized metrics and counted.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x) -> (logits, {layer: (N, ...)})``
+      (layers sorted by name), or a
+      :class:`~mixlin_jax.linearity.representations.Representations` for
+      any other model.
+    images: evaluation split ``(N, *input_shape)`` (uint8 or float); kept
+      on device.
+    num_points: K, points per tuple (2 = mixup segments).
+    num_tuples: number of tuples T.
+    batch_size: tuples per scan step; a forward then has about
+      ``batch_size * (K + W)`` examples (plus the path points for K > 2).
+    key: jax key or int seed.
+    grid: t values for K = 2 weights and for the K > 2 tangent path.
+    num_dirichlet: number of weight vectors for K > 2.
+    weights: explicit ``(W, K)`` weights on the simplex instead of ``grid``
+      / ``num_dirichlet``.
+    metrics: subset of :data:`~mixlin_jax.linearity.metrics.METRICS`.
+    preprocess: optional jittable ``(N, ...) uint8 -> float`` normalization,
+      applied to the gathered originals before mixing.
+    logits_layers: layers holding class logits (``raw_gap`` compares their
+      log-probabilities); default :func:`default_logits_layers`.
+    degenerate_rtol: see :mod:`~mixlin_jax.linearity.metrics`.
+    mesh: optional ``jax.sharding.Mesh`` (e.g. the training mesh, which may
+      span several processes).  Then the constant inputs are replicated on
+      it, every tuple batch and every forward batch is sharded along the
+      batch dimension over all its axes, and the result is replicated, so
+      each device computes ``1 / mesh.size`` of every forward.  The values
+      do not depend on the mesh (up to float reassociation).  Without a
+      mesh, everything runs where jit puts it (one device).
+  """
+
+  def __init__(
+      self,
+      apply_fn: Callable,
+      images,
+      *,
+      num_points: int,
+      num_tuples: int,
+      batch_size: int,
+      key,
+      grid: Sequence[float] = DEFAULT_GRID,
+      num_dirichlet: int = 8,
+      weights=None,
+      metrics: Sequence[str] = METRICS,
+      preprocess: Callable | None = None,
+      logits_layers: Sequence[str] | None = None,
+      degenerate_rtol: float = DEGENERATE_RTOL,
+      mesh: jax.sharding.Mesh | None = None,
+  ):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.reps = reps_lib.as_representations(apply_fn)
+    self.metrics = check_metrics(metrics)
+    self.images = jnp.asarray(images)
+    self.num_points = int(num_points)
+    self.num_tuples = int(num_tuples)
+    self.degenerate_rtol = float(degenerate_rtol)
+    self._logits_layers = (
+        None if logits_layers is None else tuple(logits_layers)
+    )
+    key_tuples, key_weights = jax.random.split(as_key(key))
+    self.tuples = draw_tuples(
+        key_tuples, self.images.shape[0], self.num_tuples, self.num_points
+    )
+    if weights is None:
+      self.weights = mixing_weights(
+          self.num_points, grid, num_dirichlet, key_weights
+      )
+    else:
+      self.weights = check_weights(weights, self.num_points)
+    if self.num_points == 2:
+      self.tangent_t = self.weights[:, 1].copy()
+    else:
+      self.tangent_t = np.asarray(grid, np.float32).reshape(-1)
+    self.batch_size = min(int(batch_size), self.num_tuples)
+    nb = math.ceil(self.num_tuples / self.batch_size)
+    pad = nb * self.batch_size - self.num_tuples
+    padded = np.concatenate(
+        [self.tuples, np.repeat(self.tuples[:1], pad, axis=0)]
+    ).reshape(nb, self.batch_size, self.num_points)
+    mask = (np.arange(nb * self.batch_size) < self.num_tuples).reshape(
+        nb, self.batch_size
+    )
+    self._tuples_dev = jnp.asarray(padded)
+    self._mask_dev = jnp.asarray(mask)
+    self._weights_dev = jnp.asarray(self.weights)
+    self._tangent_dev = (
+        None if self.num_points == 2 else jnp.asarray(self.tangent_t)
+    )
+    batch_sharding = replicated = None
+    if mesh is not None:
+      replicated = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()
+      )
+      batch_sharding = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(mesh.axis_names)
+      )
+
+      def place(a):  # host values, identical on every process -> replicated
+        if a is None or (
+            isinstance(a, jax.Array)
+            and a.sharding.device_set == replicated.device_set
+        ):
+          return a
+        return jax.make_array_from_process_local_data(replicated, np.asarray(a))
+
+      self.images = place(images)
+      self._tuples_dev = place(padded)
+      self._mask_dev = place(mask)
+      self._weights_dev = place(self.weights)
+      self._tangent_dev = place(
+          None if self.num_points == 2 else self.tangent_t
+      )
+    self._preprocess = (
+        None if preprocess is None else reps_lib.SameComputation(preprocess)
+    )
+    self._batch_sharding = batch_sharding
+    self._replicated = replicated
+    self._run = None  # bound at the first call, once the layers are known
+    self._layers_key = None
+
+  # -- layers ---------------------------------------------------------------
+
+  def input_spec(self) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of one preprocessed example batch (batch of 1)."""
+    one = jax.ShapeDtypeStruct(
+        (1,) + tuple(self.images.shape[1:]), self.images.dtype
+    )
+    return jax.eval_shape(
+        lambda u: _gather(u, jnp.zeros((1,), jnp.int32), self._preprocess), one
+    )
+
+  def layer_specs(self, variables) -> tuple:
+    """The layers measured, in network order (validated)."""
+    return reps_lib.layer_specs(self.reps, variables, self.input_spec())
+
+  def _bind(self, variables):
+    specs = self.layer_specs(variables)
+    names = tuple(s.name for s in specs)
+    if self._logits_layers is None:
+      logits = default_logits_layers(names)
+    else:
+      logits = self._logits_layers
+      missing = [n for n in logits if n not in names]
+      if missing:
+        raise ValueError(
+            f"logits_layers: {missing} are not layers of the "
+            f"model; its layers are {list(names)}"
+        )
+    self.layers = names
+    self.logits_layers = tuple(n for n in names if n in logits)
+    static = dict(
+        reps=self.reps, preprocess=self._preprocess, metrics=self.metrics
+    )
+    self._run = _Program(
+        _evaluate,
+        **static,
+        logits_layers=self.logits_layers,
+        degenerate_rtol=self.degenerate_rtol,
+        batch_sharding=self._batch_sharding,
+        replicated=self._replicated,
+    )
+    self._floor = _Program(
+        _forward_floor, **static, batch_sharding=self._batch_sharding
+    )
+
+  def _ensure_bound(self, variables):
+    key = jax.tree.structure(variables), tuple(
+        (np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(variables)
+    )
+    if self._run is None or key != self._layers_key:
+      self._bind(variables)
+      self._layers_key = key
+
+  # -- evaluation -----------------------------------------------------------
+
+  def forward_floor(self, variables) -> float:
+    """Runs only the forward passes the metrics need (see
+    :func:`_forward_floor`); blocks; for timing against ``__call__``."""
+    self._ensure_bound(variables)
+    return float(
+        self._floor(
+            variables,
+            self.images,
+            self._tuples_dev,
+            self._weights_dev,
+            self._tangent_dev,
+        )
+    )
+
+  def __call__(self, variables) -> dict:
+    """Returns nested python values (the per-epoch record's ``linearity``)::
+
+        {"weights": [[w_1..w_K], ...], "layers": [names, network order],
+         "tangent_t": [t, ...],          # only with tangent_residual
+         "num_tuples": T,
+         metric: {layer: {"mean": [R floats], "stderr": [R floats],
+                          "count": n, "degenerate": d}},
+         "degenerate": {layer: d_layer},
+         "collapsed_layers": [names],
+         "degenerate_rtol": rtol}
+
+    ``mean``/``stderr`` are over the ``count`` tuples that are not
+    degenerate at the layer (NaN when there is none, stderr NaN below two);
+    ``degenerate`` (per metric) how many were left out; for ``raw_gap``
+    none is.  ``"degenerate"`` (top level) counts, per layer, the tuples
+    whose K points are indistinguishable there; ``"collapsed_layers"`` the
+    layers where that is more than ``COLLAPSED_FRACTION`` of the tuples
+    (a dead or collapsed layer: not "perfectly linear").  For K > 2 the
+    tangent residual lists are indexed by ``tangent_t``.
+
+    Raises ValueError if one example's representations depend on the other
+    examples in its batch (BatchNorm in training mode, dropout).
+    """
+    self._ensure_bound(variables)
+    stats = self._run(
+        variables,
+        self.images,
+        self._tuples_dev,
+        self._mask_dev,
+        self._weights_dev,
+        self._tangent_dev,
+    )
+    stats = jax.device_get(stats)  # the single host transfer
+    dependence = float(stats["batch_dependence"])
+    if not dependence <= BATCH_DEPENDENCE_RTOL:
+      raise ValueError(
+          "model: an example's representations change when it is evaluated "
+          f"together with other examples (relative difference "
+          f"{dependence:.3g}): BatchNorm in training mode or dropout enabled?"
+          " Apply the model in inference mode, e.g. apply_kwargs={'train': "
+          "False}."
+      )
+    out: dict = {
+        "weights": self.weights.astype(float).tolist(),
+        "layers": list(self.layers),
+    }
+    if "tangent_residual" in self.metrics:
+      out["tangent_t"] = self.tangent_t.astype(float).tolist()
+    out["num_tuples"] = self.num_tuples
+    for m in self.metrics:
+      out[m] = {
+          name: {
+              "mean": np.asarray(stats["mean"][m][name], np.float64).tolist(),
+              "stderr": (
+                  np.asarray(stats["stderr"][m][name], np.float64).tolist()
+              ),
+              "count": int(stats["count"][m][name]),
+              "degenerate": int(stats["degenerate"][m][name]),
+          }
+          for name in self.layers
+      }
+    out["degenerate"] = {
+        name: int(stats["tuple_degenerate"][name]) for name in self.layers
+    }
+    out["collapsed_layers"] = [
+        name
+        for name in self.layers
+        if out["degenerate"][name] > COLLAPSED_FRACTION * self.num_tuples
+    ]
+    out["degenerate_rtol"] = self.degenerate_rtol
+    return out
