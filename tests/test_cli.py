@@ -154,9 +154,10 @@ def test_batch_log_is_one_line_per_epoch_and_analysis_only_warns(tmp_path):
             train__epochs=2) + [f"--workdir={workdir}"],
         env=helpers.subprocess_env(one_device=True), stdout=log,
         stderr=subprocess.STDOUT, timeout=300, cwd=helpers.ROOT)
-  text = log_path.read_text()
+  raw = log_path.read_bytes()  # as bytes: text mode would turn \r into \n
+  text = raw.decode()
   assert proc.returncode == 0, text
-  assert "\r" not in text  # no progress-bar frames in a file
+  assert b"\r" not in raw  # no progress-bar frames in a file
   assert not ABSL_PREFIX.search(text), text
   lines = text.splitlines()
   assert [l.split(":")[0] for l in lines if l.startswith("epoch ")] == [
