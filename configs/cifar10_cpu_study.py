@@ -6,6 +6,8 @@ CPU (measured: see docs/studies/cifar10_cpu/ and the README's Results):
     python experiments/make_array_file.py cifar10 --from=cifar-10-python.tar.gz --out=data/cifar10.npz
     python experiments/study.py --config=configs/cifar10_cpu_study.py \
         --regimes=erm,supmix2,mix2,mix3 --seeds=0,1,2 --out=docs/studies/cifar10_cpu
+    python experiments/run.py --config=configs/cifar10_cpu_study.py:mix3 \
+        --config.data.source=data/cifar10.npz --workdir=workdirs/c10cpu_mix3   # one run
 
 What it trains: the first 10,000 training images of CIFAR-10 (a
 class-balanced prefix), 1,000 of them labelled (10%, 100 per class) and

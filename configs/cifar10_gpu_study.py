@@ -10,6 +10,7 @@ or by hand, for a longer study:
     python experiments/study.py --config=configs/cifar10_gpu_study.py \
         --config.data.source=data/cifar10.npz --config.train.epochs=100 \
         --regimes=erm,supmix2,mix2,mix3 --seeds=0,1,2 --out=studies/cifar10_gpu
+    python experiments/run.py --config=configs/cifar10_gpu_study.py:mix2   # one run
 
 All 50,000 training images (4,000 labelled, 400 per class), the whole test
 set, batch 64 labelled + 128 unlabelled, bf16 compute on the accelerator.

@@ -550,10 +550,6 @@ def describe_error(error: BaseException) -> str:
   return text if len(text) < 500 else text[:500] + "..."
 
 
-# Kept for callers written before describe_error was public.
-_short = describe_error
-
-
 # -- test-only hook -------------------------------------------------------------
 def _commit_delay_class() -> type | None:
   """Orbax's atomic rename, paused first, if ``COMMIT_DELAY_ENV`` is set."""

@@ -36,6 +36,12 @@ def test_configs_are_valid_and_documented(path, arg):
 def test_regime_names_match_mixup_block(path):
   c = helpers.load_config(path)
   name = os.path.basename(path)[:-3].split("_")[-1]
+  if name == "study":  # study.py chooses the regime of each run
+    with open(path) as f:
+      assert "python experiments/study.py --config=configs/" in f.read()
+    for regime in ("erm", "supmix3", "mix2"):
+      config_lib.validate(helpers.load_config(path, regime), device_count=1)
+    return
   expected = {"erm": ("none", None), "supmix2": ("supervised", 2),
               "mix2": ("unsupervised", 2), "mix3": ("unsupervised", 3),
               "default": ("unsupervised", 3)}[name]
