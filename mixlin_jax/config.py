@@ -375,7 +375,12 @@ def _check_writable(workdir: str) -> None:
   created = []
   try:
     for folder in reversed(missing):
-      os.mkdir(folder)
+      try:
+        os.mkdir(folder)
+      except FileExistsError:  # made meanwhile by someone else: not ours
+        if not os.path.isdir(folder):
+          raise
+        continue
       created.append(folder)
     with tempfile.TemporaryFile(dir=path, prefix=".mixlin-probe-"):
       pass

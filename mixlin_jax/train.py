@@ -556,7 +556,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       resumes.
   """
   mesh = parallel.make_mesh()
-  config_lib.validate(config, device_count=mesh.size, workdir=workdir)
+  # Process 0 writes the workdir, so it alone probes it: several processes
+  # creating and removing the same probe folders at once would race.
+  config_lib.validate(config, device_count=mesh.size,
+                      workdir=workdir if parallel.is_main_process() else None)
   workdir_lib.check(workdir, config, allow_config_change=allow_config_change)
   split = load_split(config)
   workdir_lib.prepare(workdir, config, allow_config_change=allow_config_change)
