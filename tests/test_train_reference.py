@@ -64,7 +64,7 @@ def regime_config(regime: str):
       f"smoke,{regime}", train__batch_size=BATCH,
       train__unlabelled_batch_size=UNLABELLED_BATCH, train__epochs=EPOCHS,
       train__warmup_epochs=WARMUP_EPOCHS, train__learning_rate=0.1,
-      train__momentum=0.9, train__nesterov=True, train__weight_decay=0.05,
+      train__momentum=0.8, train__nesterov=True, train__weight_decay=0.05,
       train__ema_decay=0.7, mixup__consistency_weight=30.0,
       mixup__rampup_epochs=RAMPUP_EPOCHS, mixup__alpha=1.0,
       data__crop_padding=crop_padding, data__flip=flip,
@@ -360,7 +360,7 @@ def test_nesterov_and_schedule_match_the_reference_formulas():
   spe = 4
   config = helpers.default_config(
       "smoke,erm", train__epochs=3, train__warmup_epochs=0.5,
-      train__learning_rate=0.2, train__momentum=0.9, train__nesterov=True,
+      train__learning_rate=0.2, train__momentum=0.85, train__nesterov=True,
       train__weight_decay=0.01)
   total = config.train.epochs * spe
   # Anchors of "linear warm-up from 0, then cosine decay to 0".
