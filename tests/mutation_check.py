@@ -21,6 +21,8 @@ run in CI; pytest does not collect it):
     nice -n 19 python tests/mutation_check.py --tests-from=2e40981
     python tests/mutation_check.py --list
     nice -n 19 python tests/mutation_check.py --only=ema_swapped,no_nesterov
+    nice -n 19 python tests/mutation_check.py --only=no_nesterov --no-baseline \
+        --tests=tests/test_train_reference.py::test_weight_decay_reaches_kernels_only
 
 ``--tests-from=REV`` takes ``tests/`` from a git revision (the library stays
 the working tree's), to score an older suite against today's code. Tests a
@@ -163,6 +165,10 @@ MUTANTS = [
       "batch_stats=aux[\"batch_stats\"],",
       "batch_stats=state.batch_stats,", STEP,
       "student's BatchNorm statistics never updated"),
+    m("update_not_applied", TRAIN_PY,
+      "params = optax.apply_updates(state.params, updates)",
+      "params = state.params", STEP,
+      "the new parameters are computed but not kept"),
     m("ema_from_old_params", TRAIN_PY,
       "ema_params=jax.tree.map(ema, state.ema_params, params)",
       "ema_params=jax.tree.map(ema, state.ema_params, state.params)", STEP,
@@ -333,6 +339,9 @@ def main() -> int:
                       help="skip the unmutated run")
   parser.add_argument("--timeout", type=float, default=900,
                       help="seconds per pytest run")
+  parser.add_argument(
+      "--tests", help="comma-separated pytest node ids to run for every "
+      "mutant instead of its own selection (does this test catch that bug?)")
   args = parser.parse_args()
   mutants = MUTANTS
   if args.only:
@@ -341,6 +350,9 @@ def main() -> int:
     if unknown:
       sys.exit(f"unknown mutants: {sorted(unknown)}")
     mutants = [mu for mu in MUTANTS if mu.name in names]
+  if args.tests:
+    mutants = [dataclasses.replace(mu, tests=tuple(args.tests.split(",")))
+               for mu in mutants]
   if args.list:
     for mu in mutants:
       print(f"{mu.name:34s} {mu.path:24s} {mu.why}")
