@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -166,3 +167,19 @@ def assert_trees_bit_identical(a, b) -> None:
     assert x.tobytes() == y.tobytes(), (
         f"{name} differs: max |diff| = "
         f"{np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))}")
+
+
+def reference_learning_rate(config, steps_per_epoch: int, step: int) -> float:
+  """Linear warm-up from 0, then cosine decay to 0 at the end of training.
+
+  optax's ``warmup_cosine_decay_schedule`` formulas written out: linear for
+  ``step < warmup``, then ``peak * (1 + cos(pi * t)) / 2`` with ``t`` the
+  fraction of the decay phase done (clipped at 1).
+  """
+  t = config.train
+  total = t.epochs * steps_per_epoch
+  warmup = min(round(t.warmup_epochs * steps_per_epoch), total - 1)
+  if step < warmup:
+    return t.learning_rate * step / warmup
+  done = min((step - warmup) / (total - warmup), 1.0)
+  return t.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))

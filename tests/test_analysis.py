@@ -98,6 +98,24 @@ def test_config_round_trip(run_dir):
     analysis.config_from_workdir(run_dir, {"linearity.no_such": 1})
 
 
+def test_logged_learning_rate_is_the_last_steps(run_dir):
+  """Each epoch logs the rate its last step used: schedule(step - 1).
+
+  The optimizer's rate at each step is pinned to the same reference formula
+  in test_train_reference.py.
+  """
+  config = _load_config()
+  steps_per_epoch = 320 // config.train.batch_size
+  records = helpers.read_records(run_dir)
+  assert [r["step"] for r in records] == [
+      steps_per_epoch * e for e in range(1, EPOCHS + 1)]
+  for r in records:
+    assert r["learning_rate"] == pytest.approx(
+        helpers.reference_learning_rate(config, steps_per_epoch,
+                                        r["step"] - 1), rel=1e-5), r["epoch"]
+  assert records[-1]["learning_rate"] > 0  # the last step's, not the end's
+
+
 def test_reproduces_logged_values(run_dir, analysed):
   rows, _, _ = analysed
   logged = analysis.logged_linearity_rows(run_dir)

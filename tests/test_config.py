@@ -50,6 +50,17 @@ def test_regime_names_match_mixup_block(path):
     assert c.mixup.num_points == expected[1]
 
 
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_digit_datasets_are_never_flipped(path, arg):
+  """A mirrored digit is another symbol (or none): no flips for digits/SVHN."""
+  c = helpers.load_config(path, arg)
+  if c.data.dataset in ("digits", "svhn_cropped"):
+    assert c.data.flip is False
+  else:
+    assert c.data.flip is True  # CIFAR: the usual flips
+
+
 def test_config_is_locked_against_typos():
   c = helpers.load_config(os.path.join(ROOT, "configs", "default.py"))
   with pytest.raises(AttributeError):

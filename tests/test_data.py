@@ -393,6 +393,49 @@ def test_crop_is_shifted_window_of_zero_padded_image():
     )
 
 
+def _offsets_and_flips(out, padding):
+  """Reads each crop's offset and flip back from position-coded images.
+
+  The input pixel (h, w) holds ``1 + 8 h + w`` (0 is left for the zero
+  padding). Output pixels (3, 3) and (3, 4) of an 8x8 crop never fall in
+  the padding for ``padding <= 3``; their source columns go up by one
+  unless the crop was mirrored.
+  """
+  out = np.asarray(out)[..., 0].astype(np.int64) - 1
+  h, w3 = np.divmod(out[:, 3, 3], 8)
+  flipped = out[:, 3, 4] % 8 - w3 == -1
+  dy = h - 3 + padding
+  dx = w3 - np.where(flipped, 4, 3) + padding
+  return dy, dx, flipped
+
+
+def test_crop_offsets_cover_the_range_uniformly_and_flips_are_fair():
+  p, n = 2, 2500
+  position = (1 + np.arange(64, dtype=np.uint8)).reshape(1, 8, 8, 1)
+  x = np.repeat(position, n, axis=0)
+  key = jax.random.key(3)
+  dy, dx, flipped = _offsets_and_flips(_crop_flip(key, x, padding=p), p)
+  counts = np.zeros((2 * p + 1, 2 * p + 1), np.int64)
+  np.add.at(counts, (dy, dx), 1)
+  assert counts.sum() == n  # every decoded offset lies in [0, 2p]^2
+  # Each of the 25 offsets has probability 1/25: 100 expected, sd ~9.8.
+  assert counts.min() >= 55 and counts.max() <= 145, counts
+  assert abs(flipped.mean() - 0.5) < 0.05  # sd 0.01
+  # The decoding is right: re-cropping at the decoded offsets reproduces it.
+  padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  out = np.asarray(_crop_flip(key, x, padding=p))
+  for i in range(20):
+    window = padded[i, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+    np.testing.assert_array_equal(
+        out[i], window[:, ::-1] if flipped[i] else window)
+
+  # flip=False: never a mirror, and still every offset.
+  dy, dx, flipped = _offsets_and_flips(
+      _crop_flip(jax.random.key(4), x, padding=p, flip=False), p)
+  assert not flipped.any()
+  assert len(set(zip(dy.tolist(), dx.tolist()))) == (2 * p + 1)**2
+
+
 def test_epoch_indices():
   fn = jax.jit(data.epoch_indices, static_argnums=(1, 2, 3))
   key = jax.random.key(42)
