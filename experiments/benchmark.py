@@ -30,6 +30,7 @@ _LIN_BATCH = flags.DEFINE_integer("linearity_batch", None, "Tuples per linearity
 _LIN_REPEATS = flags.DEFINE_integer(
     "linearity_repeats", None, "Alternating timed runs of the metric and its forward-pass floor.")
 _LIN_DTYPES = flags.DEFINE_list("linearity_dtypes", None, "Linearity compute dtypes.")
+_IMAGE_SHAPE = flags.DEFINE_list("image_shape", None, "Synthetic image shape, e.g. 32,32,3.")
 _TORCH = flags.DEFINE_string("torch_reference", None,
                              "Path of the PyTorch reference script to run in the same call.")
 _OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON report.")
@@ -52,6 +53,8 @@ def _main():
                       (_LIN_DTYPES, "linearity_dtypes")):
     if flag.value is not None:
       setattr(settings, field, flag.value)
+  if _IMAGE_SHAPE.value is not None:
+    settings.image_shape = tuple(int(d) for d in _IMAGE_SHAPE.value)
   for regime in settings.regimes:
     if regime not in benchmark.REGIMES:
       raise cli.UsageError(f"--regimes: {regime!r} is not one of {', '.join(benchmark.REGIMES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -169,7 +170,9 @@ class LinearityResult:
     x = np.arange(len(layers))
     for ax, metric in zip(axes[0], metrics):
       stats = self.record[metric]
-      with np.errstate(all="ignore"), _quiet_nan_warnings():
+      with warnings.catch_warnings():
+        # nanmean of a layer with no kept tuple: NaN, not drawn, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         y = np.array(
             [np.nanmean(np.asarray(stats[l]["mean"], float)) for l in layers]
         )
@@ -177,8 +180,12 @@ class LinearityResult:
             [np.nanmean(np.asarray(stats[l]["stderr"], float)) for l in layers]
         )
       keep = np.array([l not in collapsed for l in layers]) & np.isfinite(y)
-      ax.errorbar(
-          x[keep], y[keep], yerr=np.nan_to_num(err[keep]), fmt="o-", capsize=3
+      ax.errorbar(  # NaN breaks the line at a layer without a value
+          x,
+          np.where(keep, y, np.nan),
+          yerr=np.where(keep, np.nan_to_num(err), 0.0),
+          fmt="o-",
+          capsize=3,
       )
       positive = y[keep][y[keep] > 0]
       if positive.size and positive.size == keep.sum():
@@ -201,20 +208,6 @@ class LinearityResult:
     axes[0][0].set_ylabel("mean over tuples (lower = more linear)")
     fig.tight_layout()
     return fig
-
-
-class _quiet_nan_warnings:  # pylint: disable=invalid-name
-  """nanmean of an all-NaN row (a layer with no kept tuple) is NaN, quietly."""
-
-  def __enter__(self):
-    import warnings  # pylint: disable=import-outside-toplevel
-
-    self._ctx = warnings.catch_warnings()
-    self._ctx.__enter__()
-    warnings.simplefilter("ignore", RuntimeWarning)
-
-  def __exit__(self, *exc):
-    return self._ctx.__exit__(*exc)
 
 
 def _check_images(images, preprocess, mix_at):
@@ -322,7 +315,10 @@ def measure(
     out = jax.eval_shape(
         preprocess, jax.ShapeDtypeStruct((2,) + images.shape[1:], images.dtype)
     )
-    if not (_is_array_spec(out) and jnp.issubdtype(out.dtype, jnp.floating)):
+    if not (
+        isinstance(out, jax.ShapeDtypeStruct)
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    ):
       raise ValueError(
           f"preprocess must map images to a float array, got {out}"
       )
@@ -350,10 +346,6 @@ def measure(
       degenerate_rtol=degenerate_rtol,
   )
   return LinearityResult(evaluator(variables))
-
-
-def _is_array_spec(out) -> bool:
-  return isinstance(out, jax.ShapeDtypeStruct)
 
 
 def _check_reads_inputs_only_through(reps, variables, tokens, embedded):

@@ -360,6 +360,10 @@ class Representations:
       mix_at: mix at the output of this submodule (its path, e.g. "embed")
         instead of at the input: see ``measure``.
     """
+    if isinstance(model, Representations) and (
+        layers is None and apply_kwargs is None and mix_at is None
+    ):
+      return model
     if _nnx_module(model):
       raise ValueError(
           "model: Flax NNX modules are not supported. Wrap the model with "
@@ -375,6 +379,14 @@ class Representations:
           f"apply_kwargs: {clash} are set by the metrics "
           "themselves; remove them"
       )
+    try:  # static facts of the compiled program: they must be hashable
+      hash(tuple(sorted(kwargs.items())))
+    except TypeError:
+      raise ValueError(
+          "apply_kwargs: values must be hashable constants such as "
+          f"train=False, got {kwargs!r}; pass arrays through an apply "
+          "function instead"
+      ) from None
     if isinstance(layers, type):
       layers = (layers,)
     elif isinstance(layers, list):
