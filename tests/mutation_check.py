@@ -28,10 +28,12 @@ run in CI; pytest does not collect it):
 the working tree's), to score an older suite against today's code. Tests a
 revision lacks are skipped. The unmutated copy is run first (``--no-baseline``
 skips it); if it fails, every "killed" would be meaningless and the tool
-stops. Prints a table and the score and exits 0. A run takes about 15
-minutes on two busy CPU cores with the current tests (a killed mutant costs
-one test's compile); an older suite that lets most mutants survive takes
-longer, since a survivor runs all of its tests.
+stops with status 1. Otherwise it prints a table and the score and exits 0.
+
+Cost, measured on two CPU cores shared with other jobs (load ~5): with the
+current tests, 21 minutes for the 37 mutants (a killed mutant stops at its
+first failing test) plus 10 for the baseline. The suite of 2e40981, which
+lets most mutants survive, took 96 minutes: a survivor runs all its tests.
 """
 
 from __future__ import annotations
