@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+import jax
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(ROOT, "experiments", "run.py")
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
@@ -183,3 +185,22 @@ def reference_learning_rate(config, steps_per_epoch: int, step: int) -> float:
     return t.learning_rate * step / warmup
   done = min((step - warmup) / (total - warmup), 1.0)
   return t.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+class LoweringCounter:
+  """Counts jaxpr -> XLA lowerings (each one precedes a compilation)."""
+
+  EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+  def __enter__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def _listen(self, name, *args, **kwargs):
+    del args, kwargs
+    if name == self.EVENT:
+      self.count += 1
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._listen)

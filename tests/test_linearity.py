@@ -12,6 +12,8 @@ import pytest
 
 from mixlin_jax import linearity as L
 
+import helpers
+
 IMG = (4, 4, 3)
 D_IN = int(np.prod(IMG))
 
@@ -339,7 +341,7 @@ def test_evaluator_matches_numpy_statistics(K):
   assert res["collapsed_layers"] == []
 
   # A second call (e.g. next epoch) does not even retrace, and agrees.
-  with _LoweringCounter() as lowerings:
+  with helpers.LoweringCounter() as lowerings:
     res2 = ev(variables)
   assert lowerings.count == 0
   assert res2 == res
@@ -403,22 +405,3 @@ def test_degenerate_tuples_have_no_per_tuple_value():
     assert np.all(np.isnan(slow[metric]["00_const"]))
     assert np.all(np.isfinite(out[metric]["01_x"]))
   np.testing.assert_array_equal(out["raw_gap"]["00_const"], 0.0)
-
-
-class _LoweringCounter:
-  """Counts jaxpr -> XLA lowerings (each one precedes a compilation)."""
-
-  EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-
-  def __enter__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-    return self
-
-  def _listen(self, name, *args, **kwargs):
-    del args, kwargs
-    if name == self.EVENT:
-      self.count += 1
-
-  def __exit__(self, *exc):
-    jax.monitoring.unregister_event_duration_listener(self._listen)

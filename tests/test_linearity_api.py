@@ -13,26 +13,9 @@ import pytest
 from mixlin_jax import linearity as L
 from mixlin_jax.models import SmallCNN
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class LoweringCounter:
-  """Counts jaxpr -> XLA lowerings (each one precedes a compilation)."""
-
-  EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-
-  def __enter__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-    return self
-
-  def _listen(self, name, *args, **kwargs):
-    del args, kwargs
-    if name == self.EVENT:
-      self.count += 1
-
-  def __exit__(self, *exc):
-    jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 # ---------------------------------------------------------------------------
@@ -566,18 +549,18 @@ def test_one_compilation_for_different_wrappers_of_one_model():
 
   metrics = ("interp_error", "raw_gap")  # a small program: fast to compile
   first = L.measure(make_lambda(), variables, images, metrics=metrics, **SMALL)
-  with LoweringCounter() as lowerings:
+  with helpers.LoweringCounter() as lowerings:
     for wrapper in (make_lambda(), as_def, make_lambda()):
       again = L.measure(wrapper, variables, images, metrics=metrics, **SMALL)
       assert again.record == first.record
   assert lowerings.count == 0  # no new wrapper compiled (or even traced)
   # A Flax module equal by value (a new instance) is the same model.
   L.measure(model, variables, images, metrics=metrics, **SMALL)
-  with LoweringCounter() as lowerings:
+  with helpers.LoweringCounter() as lowerings:
     L.measure(MLP(), variables, images, metrics=metrics, **SMALL)
   assert lowerings.count == 0
   # A different computation does compile.
-  with LoweringCounter() as lowerings:
+  with helpers.LoweringCounter() as lowerings:
     L.measure(
         lambda v, x: model.apply(v, x) * 2.0,
         variables,
