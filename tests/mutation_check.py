@@ -216,8 +216,8 @@ MUTANTS = [
       "cosine ends warm-up steps early (decay_steps read as excluding the "
       "warm-up)"),
     m("logged_rate_off_by_one", TRAIN_PY,
-      "learning_rate_at(config, spe, int(state.step) - 1)",
-      "learning_rate_at(config, spe, int(state.step))", LOGGED_RATE + TRAIN,
+      "float(trainer.schedule(step - 1))",
+      "float(trainer.schedule(step))", LOGGED_RATE + TRAIN,
       "the epoch logs the next step's rate, not the one its last step used"),
     # -- losses -------------------------------------------------------------
     m("consistency_sum_over_classes", "mixlin_jax/losses.py",

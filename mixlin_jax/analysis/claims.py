@@ -47,7 +47,6 @@ How each is tested (written down here, in the README and in every
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Mapping, Sequence
 
@@ -165,7 +164,3 @@ def evaluate(claims: Sequence[Claim], regimes: Sequence[str], baseline: str,
       entry["verdict"] = primary["verdict"] if primary else INCONCLUSIVE
       out.append(entry)
   return out
-
-
-def finite_or_none(x):
-  return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -15,6 +15,7 @@ import math
 import os
 from typing import Sequence
 
+from mixlin_jax import workdir as workdir_lib
 from mixlin_jax.analysis import claims as claims_lib
 from mixlin_jax.analysis import study as study_lib
 from mixlin_jax.analysis.errors import AnalysisError
@@ -48,7 +49,6 @@ def logged_hours(agg: study_lib.Aggregate) -> float:
   total = 0.0
   for st in agg.data.statuses:
     if st.finished:
-      from mixlin_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
       for r in workdir_lib.read_metrics(st.workdir):
         total += sum((r.get("seconds") or {}).values())
   return total / 3600
