@@ -26,7 +26,8 @@ def test_regenerate_then_check_then_detect_drift(tmp_path):
   proc = _run(*args)
   assert proc.returncode == 0, proc.stderr
   text = readme.read_text()
-  assert "Hand-written text." in text and "After." in text and "old" not in text
+  assert "Hand-written text." in text and "After." in text
+  assert "\nold\n" not in text
   assert "| (a) | supmix2 | **supported** |" in text
   assert "| (b) | mix2 | **contradicted** |" in text
   assert "(docs/studies/synthetic/figures/paired_differences.png)" in text

@@ -16,7 +16,6 @@ import os
 from typing import Sequence
 
 from mixlin_jax import workdir as workdir_lib
-from mixlin_jax.analysis import claims as claims_lib
 from mixlin_jax.analysis import study as study_lib
 from mixlin_jax.analysis.errors import AnalysisError
 from mixlin_jax.analysis.tables import METRIC_LABELS
@@ -73,28 +72,14 @@ def study_markdown(agg: study_lib.Aggregate, folder_link: str) -> str:
       f"included). Baseline `{agg.baseline}`. Full tables: "
       f"[claims.md]({folder_link}/claims.md), [tables/]({folder_link}/tables).",
       "",
+      study_lib.precondition_summary(agg),
+      "",
+      *study_lib.precondition_lines(agg),
       "| claim | regime | verdict (interpolation error, primary) | "
       + " | ".join(METRIC_LABELS[m] for m in METRICS if m != "interp_error")
       + " | layers supported / contradicted / inconclusive |",
       "|---|---|---|" + "---|" * (len(METRICS) - 1) + "---|"]
-  for v in agg.verdicts:
-    if "metrics" in v:
-      prim = v["metrics"][claims_lib.PRIMARY_METRIC]["layers"]
-      counts = " / ".join(str(sum(r["verdict"] == k for r in prim)) for k in (
-          claims_lib.SUPPORTED, claims_lib.CONTRADICTED,
-          claims_lib.INCONCLUSIVE))
-      others = " | ".join(v["metrics"].get(m, {}).get("verdict", "-")
-                          for m in METRICS if m != "interp_error")
-      lines.append(f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** | "
-                   f"{others} | {counts} |")
-    else:
-      iv = v["interval"]
-      lines.append(
-          f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** "
-          f"(epochs to target: {_fmt(iv['mean'])} "
-          f"[{_fmt(iv['ci_low'])}, {_fmt(iv['ci_high'])}]) | "
-          + " | ".join("-" for m in METRICS if m != "interp_error")
-          + " | - |")
+  lines += [study_lib.verdict_row(v) for v in agg.verdicts]
   lines += ["", "| regime | test accuracy (student) | EMA teacher |",
             "|---|---|---|"]
   for r in agg.accuracy.itertuples():

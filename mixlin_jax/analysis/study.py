@@ -49,7 +49,6 @@ from mixlin_jax.linearity import METRICS
 
 log = logging.getLogger(__name__)
 
-TARGET_FRACTION = 0.9  # target accuracy = this x baseline's mean final accuracy
 LOSS_TARGET_FACTOR = 1.25  # labelled-loss target = this x the worst regime mean
 CURVE_KEYS = {
     "test_accuracy": ("test", "student_accuracy"),
@@ -219,46 +218,51 @@ def accuracy_table(data: StudyData) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-def _first_epoch(series: pd.DataFrame, column: str, reached) -> int | None:
-  for epoch, value in zip(series["epoch"], series[column]):
-    if value is not None and math.isfinite(value) and reached(value):
-      return int(epoch)
-  return None
-
-
 def convergence(data: StudyData, baseline: str) -> tuple[pd.DataFrame, dict]:
-  """Epochs to the target accuracy and labelled loss, per run.
+  """The convergence quantities of claim (c), and the labelled loss, per run.
 
-  Targets (the same for every regime): accuracy ``TARGET_FRACTION`` x the
-  baseline's mean final test accuracy; clean labelled cross-entropy
-  ``LOSS_TARGET_FACTOR`` x the highest regime-mean final value (so that,
-  on average, every regime gets there).  A run that never reaches a target
-  counts as ``final_epoch + 1`` and is marked ``censored``.
+  * ``epochs_to_baseline_final`` (the primary test): the first epoch whose
+    test accuracy reaches the baseline's mean final test accuracy (the same
+    target for every regime, from the baseline's runs alone); a run that
+    never gets there counts as ``final_epoch + 1``, marked
+    ``baseline_final_censored``.
+  * ``accuracy_auc``: the mean test accuracy over epochs 1..E.
+  * ``epochs_to_target_labelled_loss`` (description, not a test of (c); see
+    :mod:`~mixlin_jax.analysis.claims`): epochs until the clean labelled
+    cross-entropy falls to ``LOSS_TARGET_FACTOR`` x the highest regime-mean
+    final value, censored likewise.
   """
   final = data.curves[data.curves["epoch"] == data.final_epoch]
   base_final = final[final["regime"] == baseline]["test_accuracy"]
-  target_acc = TARGET_FRACTION * float(base_final.mean())
+  target_acc = float(base_final.mean())
   loss_target = LOSS_TARGET_FACTOR * float(
       final.groupby("regime")["labelled_loss"].mean().max())
-  never = data.final_epoch + 1
   rows = []
   for (regime, seed), g in data.curves.groupby(["regime", "seed"]):
-    acc = _first_epoch(g, "test_accuracy", lambda v: v >= target_acc)
-    loss = _first_epoch(g, "labelled_loss", lambda v: v <= loss_target)
+    epochs = g["epoch"].tolist()
+    acc, acc_censored = claims_lib.epochs_to_reach(
+        epochs, g["test_accuracy"].tolist(), target_acc, data.final_epoch)
+    loss, loss_censored = claims_lib.epochs_to_reach(
+        epochs, (-g["labelled_loss"]).tolist(), -loss_target,
+        data.final_epoch)
     rows.append({"regime": regime, "seed": int(seed),
-                 "target_accuracy": target_acc,
-                 "epochs_to_target_accuracy": acc or never,
-                 "accuracy_censored": acc is None,
+                 "baseline_final_accuracy": target_acc,
+                 "epochs_to_baseline_final": acc,
+                 "baseline_final_censored": acc_censored,
+                 "accuracy_auc": claims_lib.accuracy_auc(
+                     g["test_accuracy"].tolist()),
                  "target_labelled_loss": loss_target,
-                 "epochs_to_target_labelled_loss": loss or never,
-                 "labelled_loss_censored": loss is None,
-                 "mean_test_accuracy_over_epochs": float(
-                     g["test_accuracy"].mean())})
+                 "epochs_to_target_labelled_loss": loss,
+                 "labelled_loss_censored": loss_censored})
   frame = pd.DataFrame(rows)
   frame = frame.sort_values(["regime", "seed"], key=lambda c: c.map(
       regime_sort_key) if c.name == "regime" else c).reset_index(drop=True)
-  return frame, {"target_accuracy": target_acc,
+  return frame, {"baseline_final_accuracy": target_acc,
                  "target_labelled_loss": loss_target}
+
+
+CONVERGENCE_QUANTITIES = ("epochs_to_baseline_final", "accuracy_auc",
+                          "epochs_to_target_labelled_loss")
 
 
 def convergence_paired(conv: pd.DataFrame, seeds: Sequence[int],
@@ -268,9 +272,7 @@ def convergence_paired(conv: pd.DataFrame, seeds: Sequence[int],
   for regime, reference in pairs:
     a = conv[conv["regime"] == regime].set_index("seed")
     b = conv[conv["regime"] == reference].set_index("seed")
-    for quantity in ("epochs_to_target_accuracy",
-                     "epochs_to_target_labelled_loss",
-                     "mean_test_accuracy_over_epochs"):
+    for quantity in CONVERGENCE_QUANTITIES:
       d = stats.paired_difference(
           [a[quantity].get(s, math.nan) for s in seeds],
           [b[quantity].get(s, math.nan) for s in seeds])
@@ -279,6 +281,93 @@ def convergence_paired(conv: pd.DataFrame, seeds: Sequence[int],
                    "mean_diff": d["mean"], "ci_low": d["ci_low"],
                    "ci_high": d["ci_high"], "p_value": d["p_value"]})
   return pd.DataFrame(rows)
+
+
+def accuracy_paired(data: StudyData, baseline: str) -> pd.DataFrame:
+  """Test accuracy (student) regime - baseline per seed, at every epoch:
+  the precondition of claims (b) and (c), and how it develops."""
+  curves = data.curves
+  rows = []
+  for (regime, epoch), g in curves[curves["regime"] != baseline].groupby(
+      ["regime", "epoch"], sort=False):
+    b = curves[(curves["regime"] == baseline) & (curves["epoch"] == epoch)]
+    d = stats.paired_difference(
+        [dict(zip(g["seed"], g["test_accuracy"])).get(s, math.nan)
+         for s in data.seeds],
+        [dict(zip(b["seed"], b["test_accuracy"])).get(s, math.nan)
+         for s in data.seeds])
+    rows.append({"regime": regime, "baseline": baseline, "epoch": int(epoch),
+                 "n_pairs": d["n"], "mean_diff": d["mean"],
+                 "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+                 "p_value": d["p_value"],
+                 "holds": claims_lib.precondition_holds(d)})
+  return _sorted(pd.DataFrame(rows, columns=[
+      "regime", "baseline", "epoch", "n_pairs", "mean_diff", "ci_low",
+      "ci_high", "p_value", "holds"]))
+
+
+def _interval_of(row) -> dict:
+  return {"n": int(row.n_pairs), "mean": row.mean_diff, "ci_low": row.ci_low,
+          "ci_high": row.ci_high, "p_value": row.p_value}
+
+
+def verdicts_over_training(data: StudyData, baseline: str,
+                           paired: pd.DataFrame, acc_paired: pd.DataFrame,
+                           left_out: Sequence[str]) -> pd.DataFrame:
+  """The per-layer test of claims (a) and (b) at every logged epoch.
+
+  One row per (claim, regime, layer, epoch) with the paired difference of
+  the primary metric and the verdict; a (b) verdict is
+  ``claims.NOT_TESTED`` at an epoch where the precondition (the test
+  accuracy difference at that epoch) does not hold.
+  """
+  prim = paired[paired["metric"] == claims_lib.PRIMARY_METRIC]
+  holds = {(r.regime, r.epoch): bool(r.holds) for r in acc_paired.itertuples()}
+  rows = []
+  for claim in claims_lib.CLAIMS:
+    if not claim.layers:
+      continue
+    layers = claims_lib.claim_layers(claim, data.layers, left_out)
+    for regime in claims_lib.regimes_for(claim, data.regimes):
+      if regime == baseline:
+        continue
+      g = prim[(prim["regime"] == regime) & prim["layer"].isin(layers)]
+      for r in g.itertuples():
+        verdict = claims_lib.layer_verdict(_interval_of(r), claim.direction)
+        rows.append({
+            "claim": claim.key, "regime": regime, "layer": r.layer,
+            "epoch": int(r.epoch), "mean_diff": r.mean_diff,
+            "ci_low": r.ci_low, "ci_high": r.ci_high,
+            "precondition_holds": holds.get((regime, int(r.epoch)), False),
+            "verdict": claims_lib.gated_verdict(
+                claim, regime, verdict,
+                holds.get((regime, int(r.epoch)), False))})
+  frame = pd.DataFrame(rows, columns=[
+      "claim", "regime", "layer", "epoch", "mean_diff", "ci_low", "ci_high",
+      "precondition_holds", "verdict"])
+  if frame.empty:
+    return frame
+  order = {l: i for i, l in enumerate(data.layers)}
+  return frame.sort_values(
+      ["claim", "regime", "layer", "epoch"],
+      key=lambda c: (c.map(regime_sort_key) if c.name == "regime" else
+                     c.map(order) if c.name == "layer" else c)
+  ).reset_index(drop=True)
+
+
+def stability_table(over: pd.DataFrame) -> pd.DataFrame:
+  """Per (claim, regime, layer): the first epoch from which the verdict no
+  longer changes (``claims.stable_from``) and the final verdict."""
+  rows = []
+  for (claim, regime, layer), g in over.groupby(
+      ["claim", "regime", "layer"], sort=False):
+    g = g.sort_values("epoch")
+    rows.append({"claim": claim, "regime": regime, "layer": layer,
+                 "final_verdict": g["verdict"].iloc[-1],
+                 "stable_from": claims_lib.stable_from(
+                     g["epoch"].tolist(), g["verdict"].tolist())})
+  return pd.DataFrame(rows, columns=["claim", "regime", "layer",
+                                     "final_verdict", "stable_from"])
 
 
 def excluded_layers(data: StudyData) -> list[str]:
@@ -329,6 +418,14 @@ class Aggregate:
   excluded: list[str]
   verdicts: list[dict]
   collapsed: dict = dataclasses.field(default_factory=dict)
+  # Test accuracy regime - baseline at every epoch (the precondition's
+  # quantity) and the precondition rows at the final epoch.
+  accuracy_paired: pd.DataFrame = dataclasses.field(
+      default_factory=pd.DataFrame)
+  precondition: list = dataclasses.field(default_factory=list)
+  # Per-layer verdicts of (a) and (b) at every epoch, and their stability.
+  over_training: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+  stability: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def aggregate(out: str, baseline: str | None = None,
@@ -348,23 +445,29 @@ def aggregate(out: str, baseline: str | None = None,
       conv, data.seeds, [(r, baseline) for r in others] + k_pairs(data.regimes))
   excluded = excluded_layers(data)
   collapsed = collapsed_layers(data)
+  acc_paired = accuracy_paired(data, baseline)
+  acc_final = {r.regime: _interval_of(r) for r in acc_paired[
+      acc_paired["epoch"] == data.final_epoch].itertuples()}
+  pre = claims_lib.precondition(data.regimes, baseline, acc_final)
   final = paired[paired["epoch"] == data.final_epoch]
   lin_diff = {(r.regime, r.layer, r.metric): {
       "n": r.n_pairs, "mean": r.mean_diff, "ci_low": r.ci_low,
       "ci_high": r.ci_high, "p_value": r.p_value,
       "baseline_mean": r.baseline_mean, "relative": r.relative_diff}
               for r in final.itertuples()}
-  acc = conv_paired[(conv_paired["quantity"] == "epochs_to_target_accuracy")
-                    & (conv_paired["reference"] == baseline)]
-  conv_diff = {r.regime: {"n": r.n_pairs, "mean": r.mean_diff,
-                          "ci_low": r.ci_low, "ci_high": r.ci_high,
-                          "p_value": r.p_value} for r in acc.itertuples()}
+  conv_diff = {}
+  for r in conv_paired[conv_paired["reference"] == baseline].itertuples():
+    conv_diff.setdefault(r.regime, {})[r.quantity] = _interval_of(r)
   metrics = [m for m in METRICS if m in set(data.linearity["metric"])]
-  verdicts = claims_lib.evaluate(claims_lib.CLAIMS, data.regimes, baseline,
-                                 data.layers, excluded + sorted(collapsed),
-                                 metrics, lin_diff, conv_diff)
+  left_out = excluded + sorted(collapsed)
+  verdicts = claims_lib.evaluate(
+      claims_lib.CLAIMS, data.regimes, baseline, data.layers, left_out,
+      metrics, lin_diff, conv_diff,
+      precondition_met={p["regime"]: p["holds"] for p in pre})
+  over = verdicts_over_training(data, baseline, paired, acc_paired, left_out)
   return Aggregate(data, baseline, summary, paired, accuracy_table(data),
-                   conv, targets, conv_paired, excluded, verdicts, collapsed)
+                   conv, targets, conv_paired, excluded, verdicts, collapsed,
+                   acc_paired, pre, over, stability_table(over))
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +502,9 @@ def write_tables(agg: Aggregate) -> list[str]:
             "linearity_summary": agg.summary,
             "paired_differences": agg.paired, "accuracy": agg.accuracy,
             "convergence": agg.convergence,
-            "convergence_paired": agg.convergence_paired}
+            "convergence_paired": agg.convergence_paired,
+            "accuracy_paired": agg.accuracy_paired,
+            "verdicts_over_training": agg.over_training}
   paths = []
   for name, frame in frames.items():
     path = os.path.join(folder, f"{name}.csv")
@@ -408,8 +513,45 @@ def write_tables(agg: Aggregate) -> list[str]:
   return paths
 
 
+def _short(verdict: str) -> str:
+  return "not tested" if verdict == claims_lib.NOT_TESTED else verdict
+
+
+def precondition_lines(agg: Aggregate) -> list[str]:
+  """The precondition table of ``claims.md`` (and the README's Results)."""
+  lines = [f"| regime | final test accuracy - {agg.baseline}, mean [95% CI] "
+           "| precondition of (b), (c) |", "|---|---|---|"]
+  for p in agg.precondition:
+    state = (("**holds**" if p["holds"] else "**fails**: (b), (c) not tested")
+             if p["applies"] else "(for information)")
+    lines.append(f"| {p['regime']} | {_interval(p, 3)} | {state} |")
+  return lines + [""]
+
+
+def precondition_summary(agg: Aggregate) -> str:
+  """One sentence: for which unsupervised regimes the precondition holds."""
+  applies = [p for p in agg.precondition if p["applies"]]
+  if not applies:
+    return "This study has no unsupervised (mixK) regime."
+  held = [p["regime"] for p in applies if p["holds"]]
+  failed = [p["regime"] for p in applies if not p["holds"]]
+  parts = []
+  if held:
+    parts.append(f"unsupervised mixup beats {agg.baseline} in final test "
+                 f"accuracy ({', '.join(held)}): the precondition holds")
+  if failed:
+    parts.append(f"unsupervised mixup was not effective at this budget "
+                 f"({', '.join(failed)}: no final test accuracy gain over "
+                 f"{agg.baseline} whose interval lies above 0), so (b) and "
+                 "(c) are not tested for "
+                 + ("it" if len(failed) == 1 else "them"))
+  text = "; ".join(parts)
+  return text[0].upper() + text[1:] + "."
+
+
 def claims_markdown(agg: Aggregate, title: str) -> str:
-  """``claims.md``: the tests (fixed in advance), then verdicts with numbers."""
+  """``claims.md``: the precondition, the tests (fixed in advance), then
+  verdicts with numbers, at the final epoch and along training."""
   d = agg.data
   c = d.config
   lines = [f"# Claims: {title}", ""]
@@ -421,6 +563,13 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
       f"of K={c.get('linearity.num_points')}); regimes "
       f"{', '.join(d.regimes)}; seeds {', '.join(map(str, d.seeds))}; "
       f"baseline `{agg.baseline}`.", ""]
+  lines += ["## Precondition: does unsupervised mixup beat the baseline?", "",
+            "Paired difference of the final test accuracy (student), regime "
+            f"- {agg.baseline} over seeds. Claims (b) and (c) are tested for "
+            "an unsupervised regime only where its interval lies above 0.",
+            ""]
+  lines += precondition_lines(agg)
+  lines += [precondition_summary(agg), ""]
   missing = [st for st in d.statuses if not st.finished]
   if missing:
     lines += ["**Not included** (missing or incomplete runs): " + ", ".join(
@@ -433,9 +582,10 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
       "interval excludes 0 in the claimed direction, *contradicted* when it "
       "excludes 0 the other way, else *inconclusive*. Primary metric: "
       "interpolation error; the others are reported beside it. Convergence: "
-      "epochs until the student's test accuracy reaches "
-      f"{_fmt(agg.convergence_targets['target_accuracy'])} "
-      f"({TARGET_FRACTION:g} x the baseline's mean final accuracy).", ""]
+      "epochs until the student's test accuracy reaches the baseline's mean "
+      "final accuracy "
+      f"({_fmt(agg.convergence_targets['baseline_final_accuracy'])}; never: "
+      "final epoch + 1), and the mean test accuracy over epochs.", ""]
   if agg.excluded:
     lines += ["Excluded as linear by construction (final interpolation error "
               f"< {claims_lib.LINEAR_BY_CONSTRUCTION:g} in every run): " +
@@ -452,29 +602,16 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
     lines += ["These runs were logged before the dead/collapsed flag "
               "existed (no record carries `collapsed_layers`; their means "
               "include degenerate tuples).", ""]
-  lines += ["## Verdicts", "",
+  lines += ["## Verdicts at the final epoch", "",
             "| claim | regime | primary verdict | " +
             " | ".join(METRIC_LABELS[m] for m in METRICS if m != "interp_error"
                        ) + " | layers (supported / contradicted / "
             "inconclusive, primary) |",
             "|---|---|---|" + "---|" * (len(METRICS) - 1) + "---|"]
   for v in agg.verdicts:
-    if "metrics" in v:
-      prim = v["metrics"].get(claims_lib.PRIMARY_METRIC, {"layers": []})
-      counts = [sum(r["verdict"] == k for r in prim["layers"]) for k in (
-          claims_lib.SUPPORTED, claims_lib.CONTRADICTED,
-          claims_lib.INCONCLUSIVE)]
-      others = [v["metrics"].get(m, {}).get("verdict", "-")
-                for m in METRICS if m != "interp_error"]
-      lines.append(f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** | "
-                   + " | ".join(others) + " | " +
-                   " / ".join(map(str, counts)) + " |")
-    else:
-      iv = v["interval"]
-      lines.append(f"| ({v['claim']}) | {v['regime']} | **{v['verdict']}** | "
-                   + " | ".join("-" for m in METRICS if m != "interp_error") +
-                   f" | epochs to target: {_interval(iv)} |")
+    lines.append(verdict_row(v))
   lines.append("")
+  lines += _over_training_lines(agg)
   for claim in claims_lib.CLAIMS:
     entries = [v for v in agg.verdicts if v["claim"] == claim.key]
     lines += [f"## ({claim.key}) {claim.statement}", ""]
@@ -484,8 +621,11 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
     for v in entries:
       if "metrics" not in v:
         continue
+      note = ("" if v["tested"] else
+              " **Not tested (precondition failed)**: the per-layer numbers "
+              "below are for information, not verdicts.")
       lines += [f"**{v['regime']} - {v['baseline']}**, final epoch, per "
-                "layer: mean difference [95% CI] (p), verdict.", "",
+                "layer: mean difference [95% CI] (p), verdict." + note, "",
                 "| layer | " + " | ".join(METRIC_LABELS[m] for m in
                                           v["metrics"]) + " |",
                 "|---|" + "---|" * len(v["metrics"])]
@@ -494,7 +634,7 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
         for m, res in v["metrics"].items():
           r = res["layers"][i]
           cells.append(f"{_interval(r)} (p={_fmt(r['p_value'], 2)}) "
-                       f"{r['verdict']}")
+                       + (r["verdict"] if v["tested"] else "-"))
         lines.append(f"| {display_layer(layer)} | " + " | ".join(cells) + " |")
       lines.append("")
     if claim.key == "c":
@@ -513,33 +653,105 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
   return "\n".join(lines)
 
 
+def verdict_row(v: dict) -> str:
+  """One row of the verdict table (claim, regime, primary verdict, the
+  other metrics' verdicts, the primary metric's layer counts)."""
+  n_other = len(METRICS) - 1
+  head = f"| ({v['claim']}) | {v['regime']} | **{_short(v['verdict'])}** | "
+  if "metrics" in v:
+    prim = v["metrics"].get(claims_lib.PRIMARY_METRIC, {"layers": []})
+    counts = [sum(r["verdict"] == k for r in prim["layers"]) for k in (
+        claims_lib.SUPPORTED, claims_lib.CONTRADICTED,
+        claims_lib.INCONCLUSIVE)]
+    if not v["tested"]:
+      return head + " | ".join("-" for _ in range(n_other)) + " | - |"
+    others = [v["metrics"].get(m, {}).get("verdict", "-")
+              for m in METRICS if m != "interp_error"]
+    return head + " | ".join(others) + " | " + " / ".join(
+        map(str, counts)) + " |"
+  tests = v["tests"]
+  cells = [f"{label}: {_interval(tests[name])}"
+           + ("" if not v["tested"] or name == claims_lib.PRIMARY_CONVERGENCE
+              else f" {tests[name]['verdict']}")
+           for name, label in (("epochs_to_baseline_final",
+                                "epochs to baseline's final accuracy"),
+                               ("accuracy_auc", "mean accuracy over epochs"))]
+  return head + " | ".join("-" for _ in range(n_other)) + " | " + "; ".join(
+      cells) + " |"
+
+
+def _over_training_lines(agg: Aggregate) -> list[str]:
+  over = agg.over_training
+  final_epoch = agg.data.final_epoch
+  checkpoints = claims_lib.training_checkpoints(final_epoch)
+  lines = ["## Verdicts along training", "",
+           "The per-layer test of the primary metric at "
+           + ", ".join(f"{round(100 * e / final_epoch)}% (epoch {e})"
+                       for e in checkpoints)
+           + " of training; an unsupervised regime's (b) verdict is given "
+           "only at epochs where its test accuracy exceeds the baseline's "
+           "(the precondition at that epoch), else *not tested*. *Stable "
+           "from*: the first epoch from which the layer's verdict no longer "
+           "changes. Every epoch: `tables/verdicts_over_training.csv`, "
+           "`figures/verdicts_over_training.png`.", ""]
+  if over.empty:
+    return lines + ["No layer verdicts (no linearity logged).", ""]
+  acc = agg.accuracy_paired.set_index(["regime", "epoch"])
+  stable = {(r.claim, r.regime, r.layer): r.stable_from
+            for r in agg.stability.itertuples()}
+  lines += ["| claim | regime | layer | " + " | ".join(
+      f"epoch {e}" for e in checkpoints) + " | stable from |",
+            "|---|---|---|" + "---|" * len(checkpoints) + "---|"]
+  for (claim, regime), g in over.groupby(["claim", "regime"], sort=False):
+    cells = []
+    for e in checkpoints:
+      if (regime, e) in acc.index:
+        r = acc.loc[(regime, e)]
+        cells.append(f"{_fmt(r['mean_diff'], 2)} "
+                     + ("(above)" if r["holds"] else "(not above)"))
+      else:
+        cells.append("-")
+    lines.append(f"| ({claim}) | {regime} | *test accuracy - "
+                 f"{agg.baseline}* | " + " | ".join(cells) + " | |")
+    for layer in [l for l in agg.data.layers if l in set(g["layer"])]:
+      gl = g[g["layer"] == layer].set_index("epoch")
+      cells = [_short(gl.loc[e, "verdict"]) if e in gl.index else "-"
+               for e in checkpoints]
+      lines.append(f"| ({claim}) | {regime} | {display_layer(layer)} | "
+                   + " | ".join(cells) + " | "
+                   + _fmt(stable.get((claim, regime, layer))) + " |")
+  lines.append("")
+  return lines
+
+
 def _convergence_lines(agg: Aggregate) -> list[str]:
   conv = agg.convergence
-  lines = ["Epochs to the targets per regime (mean over seeds; `>` = some "
-           "seed never reached it, counted as final epoch + 1):", "",
-           "| regime | epochs to test accuracy "
-           f"{_fmt(agg.convergence_targets['target_accuracy'])} | epochs to "
+  target = agg.convergence_targets["baseline_final_accuracy"]
+  lines = ["Per regime, mean over seeds (`>`: some seed never reached the "
+           "target, counted as final epoch + 1). The clean labelled loss is "
+           "description, not a test of (c).", "",
+           f"| regime | epochs to test accuracy {_fmt(target)} (the "
+           f"baseline's final) | mean test accuracy over epochs | epochs to "
            "clean labelled loss "
-           f"{_fmt(agg.convergence_targets['target_labelled_loss'])} | mean "
-           "test accuracy over epochs |", "|---|---|---|---|"]
+           f"{_fmt(agg.convergence_targets['target_labelled_loss'])} |",
+           "|---|---|---|---|"]
   for regime in agg.data.regimes:
     g = conv[conv["regime"] == regime]
-    acc = ((">" if g["accuracy_censored"].any() else "") +
-           _fmt(g["epochs_to_target_accuracy"].mean()))
+    acc = ((">" if g["baseline_final_censored"].any() else "") +
+           _fmt(g["epochs_to_baseline_final"].mean()))
     loss = ((">" if g["labelled_loss_censored"].any() else "") +
             _fmt(g["epochs_to_target_labelled_loss"].mean()))
-    lines.append(f"| {regime} | {acc} | {loss} | "
-                 f"{_fmt(g['mean_test_accuracy_over_epochs'].mean(), 4)} |")
+    lines.append(f"| {regime} | {acc} | {_fmt(g['accuracy_auc'].mean(), 4)} "
+                 f"| {loss} |")
   lines.append("")
   cp = agg.convergence_paired
   lines += ["Paired differences (regime - reference), mean [95% CI]:", "",
-            "| regime - reference | epochs to target accuracy | epochs to "
-            "target labelled loss | mean test accuracy over epochs |",
-            "|---|---|---|---|"]
+            "| regime - reference | epochs to the baseline's final accuracy "
+            "| mean test accuracy over epochs | epochs to target labelled "
+            "loss |", "|---|---|---|---|"]
   for (regime, ref), g in cp.groupby(["regime", "reference"], sort=False):
     cells = []
-    for q in ("epochs_to_target_accuracy", "epochs_to_target_labelled_loss",
-              "mean_test_accuracy_over_epochs"):
+    for q in CONVERGENCE_QUANTITIES:
       r = g[g["quantity"] == q].iloc[0]
       cells.append(_interval({"mean": r.mean_diff, "ci_low": r.ci_low,
                               "ci_high": r.ci_high}))
@@ -602,7 +814,17 @@ def write_claims(agg: Aggregate, title: str | None = None) -> list[str]:
         "seeds": agg.data.seeds, "final_epoch": agg.data.final_epoch,
         "excluded_layers": agg.excluded,
         "convergence_targets": agg.convergence_targets,
-        "verdicts": agg.verdicts}), f, indent=1, allow_nan=False)
+        "precondition": agg.precondition,
+        "verdicts": agg.verdicts,
+        "over_training": {
+            "checkpoints": claims_lib.training_checkpoints(
+                agg.data.final_epoch),
+            "stability": agg.stability.to_dict("records"),
+            "verdicts": agg.over_training[agg.over_training["epoch"].isin(
+                claims_lib.training_checkpoints(agg.data.final_epoch))
+                                          ].to_dict("records")
+                        if not agg.over_training.empty else []}}),
+              f, indent=1, allow_nan=False)
   return [md, js]
 
 

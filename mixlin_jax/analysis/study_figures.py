@@ -11,8 +11,13 @@
   mean over seeds with bands, one line per regime.
 * ``accuracy_curves.png`` -- test accuracy (student solid, EMA teacher
   dashed), clean labelled cross-entropy and test cross-entropy, with bands.
-* ``convergence.png`` -- epochs to the target accuracy per regime: each
-  seed a dot, the mean with its interval.
+* ``convergence.png`` -- claim (c)'s two quantities per regime, epochs to
+  the baseline's final accuracy and the mean test accuracy over epochs:
+  each seed a dot, the mean with its interval.
+* ``verdicts_over_training.png`` -- the "when": per layer, the paired
+  difference regime - baseline of the primary metric at every epoch with
+  its 95% band, one line per regime, a zero line; the first panel is the
+  test accuracy difference (the precondition of (b) and (c)).
 
 Every regime has its project-wide colour (``figures.REGIME_COLORS``).
 Layers excluded as linear by construction are greyed out and labelled;
@@ -192,24 +197,24 @@ def plot_accuracy_curves(agg, path: str) -> str:
     ax.grid(True, alpha=0.3)
   if "labelled_loss" in d.curves and wants_log(d.curves["labelled_loss"]):
     axes[0][1].set_yscale("log")
-  axes[0][0].axhline(agg.convergence_targets["target_accuracy"], color="0.4",
-                     lw=0.8, ls=":")
+  axes[0][0].axhline(agg.convergence_targets["baseline_final_accuracy"],
+                     color="0.4", lw=0.8, ls=":")
   axes[0][0].legend(fontsize="small")
   fig.suptitle(f"mean over {len(d.seeds)} seeds with 95% bands; dotted: "
-               "the convergence target")
+               f"the convergence target ({agg.baseline}'s mean final "
+               "accuracy)")
   return save_figure(fig, path)
 
 
 def plot_convergence(agg, path: str) -> str:
   d = agg.data
   conv = agg.convergence
+  target = agg.convergence_targets["baseline_final_accuracy"]
   fig, axes = new_figure(1, 2, 10.0, 3.8)
   for ax, (q, label) in zip(axes[0], (
-      ("epochs_to_target_accuracy",
-       f"epochs to test accuracy {agg.convergence_targets['target_accuracy']:.3g}"),
-      ("epochs_to_target_labelled_loss",
-       "epochs to clean labelled loss "
-       f"{agg.convergence_targets['target_labelled_loss']:.3g}"))):
+      ("epochs_to_baseline_final",
+       f"epochs to test accuracy {target:.3g} ({agg.baseline}'s final)"),
+      ("accuracy_auc", "mean test accuracy over epochs"))):
     for i, regime in enumerate(d.regimes):
       g = conv[conv["regime"] == regime]
       color = regime_color(regime)
@@ -221,13 +226,57 @@ def plot_convergence(agg, path: str) -> str:
         err = [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
       ax.errorbar([i + 0.3], [s["mean"]], yerr=err, fmt="D", color=color,
                   capsize=3)
-    ax.axhline(d.final_epoch + 1, color="0.5", ls=":", lw=0.8)
+    if q == "epochs_to_baseline_final":
+      ax.axhline(d.final_epoch + 1, color="0.5", ls=":", lw=0.8)
+      ax.set_ylabel("epochs")
     ax.set_xticks(range(len(d.regimes)), d.regimes)
-    ax.set_ylabel("epochs")
     ax.set_title(label)
     ax.grid(True, alpha=0.3)
   fig.suptitle("convergence per regime: dots = seeds, diamond = mean with "
                "95% CI; dotted = never reached (final epoch + 1)")
+  return save_figure(fig, path)
+
+
+def plot_verdicts_over_training(agg, path: str,
+                                metric: str = claims_lib.PRIMARY_METRIC
+                                ) -> str:
+  d = agg.data
+  paired = agg.paired[agg.paired["metric"] == metric]
+  others = [r for r in d.regimes if r != agg.baseline]
+  layers = [l for l in d.layers if l not in agg.excluded]
+  panels = ["accuracy"] + layers
+  ncols = min(len(panels), 3 if len(panels) <= 6 else 4)
+  nrows = math.ceil(len(panels) / ncols)
+  fig, axes = new_figure(nrows, ncols, 3.6 * ncols, 2.8 * nrows + 0.6)
+  for idx, panel in enumerate(panels):
+    ax = axes[idx // ncols][idx % ncols]
+    ax.axhline(0.0, color="black", lw=0.8)
+    for regime in others:
+      if panel == "accuracy":
+        g = agg.accuracy_paired[agg.accuracy_paired["regime"] == regime]
+      else:
+        g = paired[(paired["regime"] == regime) & (paired["layer"] == panel)]
+      g = g.sort_values("epoch")
+      color = regime_color(regime)
+      ax.plot(g["epoch"], g["mean_diff"], "-", color=color, label=regime)
+      _band(ax, g["epoch"], g["ci_low"], g["ci_high"], color)
+    if panel == "accuracy":
+      ax.set_title(f"test accuracy - {agg.baseline} (precondition: > 0)",
+                   fontsize=9)
+    else:
+      ax.set_title(display_layer(panel) + (
+          " (collapsed at the end in some runs)" if panel in agg.collapsed
+          else ""), fontsize=9 if panel in agg.collapsed else None)
+    epoch_axis(ax)
+    ax.grid(True, alpha=0.3)
+  for idx in range(len(panels), nrows * ncols):
+    axes[idx // ncols][idx % ncols].set_visible(False)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center",
+             ncols=min(max(len(labels), 1), 6))
+  fig.suptitle(f"paired difference regime - {agg.baseline} over training, "
+               f"{METRIC_LABELS.get(metric, metric)} per layer (below 0: "
+               f"more linear), mean over {len(d.seeds)} seeds, 95% band")
   return save_figure(fig, path)
 
 
@@ -241,4 +290,6 @@ def write_figures(agg, folder: str) -> list[str]:
                                                 "layers_over_epochs.png")),
       plot_accuracy_curves(agg, os.path.join(folder, "accuracy_curves.png")),
       plot_convergence(agg, os.path.join(folder, "convergence.png")),
+      plot_verdicts_over_training(
+          agg, os.path.join(folder, "verdicts_over_training.png")),
   ]
