@@ -3,6 +3,7 @@ r"""CIFAR-10 at the paper's scale on one GPU: WRN-28-2, 4,000 labels, the full t
 The study behind ``experiments/gpu_study.sh`` (one device call of at most
 10 minutes: a few epochs and two seeds, see that script):
 
+    python experiments/make_array_file.py cifar10 --from=cifar-10-python.tar.gz --out=data/cifar10.npz
     bash experiments/gpu_study.sh data/cifar10.npz docs/studies/cifar10_gpu
 
 or by hand, for a longer study:

@@ -174,7 +174,7 @@ def load_arrays(
   elif isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(
       NPZ_SUFFIX
   ):
-    arrays = _load_npz(os.fspath(source), info)
+    arrays = _load_npz(os.fspath(source), info, dataset)
   else:
     raise ValueError(
         f"unknown data source {source!r}: expected '{SOURCE_TFDS}',"
@@ -239,10 +239,20 @@ def _load_embedded_digits() -> ArraySplits:
   )
 
 
-def _load_npz(path: str, info: DatasetInfo) -> ArraySplits:
+# The public download each array file is made from (experiments/make_array_file.py).
+PUBLIC_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz",
+                   "cifar100": "cifar-100-python.tar.gz",
+                   "svhn_cropped": "DIR_WITH_THE_MAT_FILES"}
+
+
+def _load_npz(path: str, info: DatasetInfo, dataset: str) -> ArraySplits:
   """Loads and validates an .npz array file (see :func:`load_arrays`)."""
   if not os.path.isfile(path):
-    raise DataError(f"data file {path!r} not found (no such file)")
+    how = (f"; write it from the public archive with `python "
+           f"experiments/make_array_file.py {dataset} "
+           f"--from={PUBLIC_ARCHIVES[dataset]} --out={path}` (README: Data)"
+           if dataset in PUBLIC_ARCHIVES else "")
+    raise DataError(f"data file {path!r} not found (no such file){how}")
   try:
     # allow_pickle=False: an array file must never execute code on load.
     npz = np.load(path, allow_pickle=False)

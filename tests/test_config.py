@@ -33,6 +33,18 @@ def test_configs_are_valid_and_documented(path, arg):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_array_file_configs_say_how_to_make_the_file(path):
+  """A config of a downloaded dataset names the script that turns the
+  public archive into the array file it reads."""
+  c = helpers.load_config(path, None)
+  if c.data.dataset == "digits":
+    return
+  with open(path) as f:
+    text = f.read()
+  assert f"python experiments/make_array_file.py {c.data.dataset} " in text
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_regime_names_match_mixup_block(path):
   c = helpers.load_config(path)
   name = os.path.basename(path)[:-3].split("_")[-1]

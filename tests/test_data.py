@@ -224,6 +224,17 @@ def test_npz_missing_file(tmp_path):
   with pytest.raises(data.DataError, match="not found") as err:
     data.load_arrays(path, "digits")
   assert path in str(err.value)
+  assert "make_array_file" not in str(err.value)  # digits ship embedded
+
+
+def test_npz_missing_file_says_how_to_make_it(tmp_path):
+  from mixlin_jax import archives  # pylint: disable=import-outside-toplevel
+  assert set(data.PUBLIC_ARCHIVES) == set(archives.FORMATS)
+  path = str(tmp_path / "cifar100.npz")
+  with pytest.raises(data.DataError) as err:
+    data.load_arrays(path, "cifar100")
+  assert (f"python experiments/make_array_file.py cifar100 "
+          f"--from=cifar-100-python.tar.gz --out={path}") in str(err.value)
 
 
 def test_npz_not_a_valid_file(tmp_path):
