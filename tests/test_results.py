@@ -64,3 +64,22 @@ def test_committed_results_are_up_to_date():
   """The README's Results and every committed study table regenerate exactly."""
   proc = _run("--check")
   assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+def test_cross_study_summary_table(tmp_path):
+  from mixlin_jax.analysis import study as study_lib  # pylint: disable=import-outside-toplevel
+  works, fails = str(tmp_path / "works"), str(tmp_path / "fails")
+  write_synthetic_study(works)
+  write_synthetic_study(fails, regimes=("erm", "mix2"),
+                        accuracy=lambda r, s, e: 0.5 + 0.01 * s)
+  md = results.summary_markdown([study_lib.aggregate(works),
+                                 study_lib.aggregate(fails)])
+  lines = md.splitlines()
+  assert lines[0] == "| claim / regime | `works` | `fails` |"
+  assert lines[2] == "| precondition: mix2 ends above erm | holds | fails |"
+  assert lines[3] == "| precondition: mix3 ends above erm | holds | - |"
+  assert "| (a) supmix2 | supported | - |" in lines
+  assert "| (b) mix2 | contradicted | not tested |" in lines
+  assert "| (c) mix2 | supported | not tested |" in lines
+  assert any(l.startswith("| (K) mix3 - mix2: epochs to erm's final accuracy"
+                          " | 0 [0, 0] | - |") for l in lines)

@@ -16,6 +16,7 @@ import os
 from typing import Sequence
 
 from mixlin_jax import workdir as workdir_lib
+from mixlin_jax.analysis import claims as claims_lib
 from mixlin_jax.analysis import study as study_lib
 from mixlin_jax.analysis.errors import AnalysisError
 from mixlin_jax.analysis.tables import METRIC_LABELS
@@ -93,9 +94,57 @@ def study_markdown(agg: study_lib.Aggregate, folder_link: str) -> str:
   return "\n".join(lines)
 
 
+def _study_name(agg: study_lib.Aggregate) -> str:
+  return os.path.basename(os.path.normpath(agg.data.out))
+
+
+def summary_markdown(aggs: Sequence[study_lib.Aggregate]) -> str:
+  """The cross-study table: one row per claim and regime (and the
+  precondition), one column per study, the headline verdict in each cell."""
+  rows: list[tuple[str, str]] = []  # (row label, key)
+  cells: dict[tuple[str, str], str] = {}
+  for agg in aggs:
+    name = _study_name(agg)
+    for p in agg.precondition:
+      if not p["applies"]:
+        continue
+      key = f"precondition {p['regime']}"
+      if key not in [k for _, k in rows]:
+        rows.append((f"precondition: {p['regime']} ends above "
+                     f"{agg.baseline}", key))
+      cells[(key, name)] = "holds" if p["holds"] else "fails"
+    for v in agg.verdicts:
+      key = f"({v['claim']}) {v['regime']}"
+      if key not in [k for _, k in rows]:
+        rows.append((key, key))
+      cells[(key, name)] = ("not tested" if v["verdict"] == claims_lib.NOT_TESTED
+                            else v["verdict"])
+    k_pairs = agg.convergence_paired[
+        agg.convergence_paired["quantity"] == "epochs_to_baseline_final"]
+    for r in k_pairs[k_pairs["reference"] != agg.baseline].itertuples():
+      key = f"(K) {r.regime} - {r.reference}"
+      if key not in [k for _, k in rows]:
+        rows.append((f"(K) {r.regime} - {r.reference}: epochs to "
+                     f"{agg.baseline}'s final accuracy", key))
+      cells[(key, name)] = (f"{_fmt(r.mean_diff)} [{_fmt(r.ci_low)}, "
+                            f"{_fmt(r.ci_high)}]")
+  order = {"pr": 0, "(a": 1, "(b": 2, "(c": 3, "(K": 4}
+  rows.sort(key=lambda r: order.get(r[1][:2], 9))  # stable within a group
+  names = [_study_name(a) for a in aggs]
+  lines = ["| claim / regime | " + " | ".join(f"`{n}`" for n in names) + " |",
+           "|---|" + "---|" * len(names)]
+  for label, key in rows:
+    lines.append(f"| {label} | " + " | ".join(
+        cells.get((key, n), "-") for n in names) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def section(aggs: Sequence[study_lib.Aggregate], links: Sequence[str]) -> str:
   body = "\n".join(study_markdown(a, l) for a, l in zip(aggs, links))
-  return f"{BEGIN}\n\n{body}\n{END}"
+  summary = ("Headline verdicts of every committed study (primary metric: "
+             "interpolation error; (b) and (c) only where the precondition "
+             "holds):\n\n" + summary_markdown(aggs))
+  return f"{BEGIN}\n\n{summary}\n{body}\n{END}"
 
 
 def replace_section(readme: str, new_section: str) -> str:
