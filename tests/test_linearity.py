@@ -405,3 +405,84 @@ def test_degenerate_tuples_have_no_per_tuple_value():
     assert np.all(np.isnan(slow[metric]["00_const"]))
     assert np.all(np.isfinite(out[metric]["01_x"]))
   np.testing.assert_array_equal(out["raw_gap"]["00_const"], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# (h) a path point that lands on the first point's representation
+
+
+def _fold_apply(v, x):
+  """h = x^2 maps x(t) = -0.5 onto h(0.5); the ReLU is dead for x < 0."""
+  return x, {"00_square": x**2, "01_relu": jax.nn.relu(x)}
+
+
+# x_1 = 0.5, x_2 = -2: x(0.4) = -0.5 (square: h(x(t)) == h(x_1)),
+# x(0.2) = 0 (a regular point).  The tuple itself is not degenerate.
+FOLD_WEIGHTS = [[0.6, 0.4], [0.8, 0.2]]
+
+
+def test_tangent_step_onto_the_first_point_has_no_value():
+  """README: a (tuple, t) whose tangent denominator ||h(x(t)) - h(x_1)||^2
+  is negligible is left out of that t (not 8e10, not 0 "perfectly
+  linear"); the other t and the other metrics keep the tuple."""
+  x = jnp.asarray([[[0.5], [-2.0]], [[-1.0], [1.0]]], jnp.float32)  # (2, 2, 1)
+  for per_tuple in (L.per_tuple_metrics, L.naive_per_tuple_metrics):
+    out = _np(per_tuple(_fold_apply, {}, x, FOLD_WEIGHTS))
+    square = out["tangent_residual"]["00_square"]  # (t, tuple)
+    assert np.isnan(square[0, 0]), per_tuple.__name__  # h(-0.5) == h(0.5)
+    # t = 0.2: x(t) = 0; residual (t^2 d^2)^2 / (2 t a d + t^2 d^2)^2 = 1.
+    np.testing.assert_allclose(square[1, 0], 1.0, rtol=1e-5)
+    # ReLU, x_1 = -1, x_2 = 1: x(0.4) = -0.2 and x(0.2) = -0.6 are dead like
+    # x_1 (0 / 0, formerly scored 0); nothing else is.
+    relu = out["tangent_residual"]["01_relu"]
+    assert np.all(np.isnan(relu[:, 1])), per_tuple.__name__
+    assert np.all(np.isfinite(relu[:, 0]))
+    # The other metrics keep both tuples (but (-1, 1) at the square, which
+    # maps them onto one point: a degenerate tuple).
+    for metric in ("interp_error", "relative_error"):
+      assert np.all(np.isfinite(out[metric]["01_relu"])), metric
+      assert np.all(np.isfinite(out[metric]["00_square"][:, 0])), metric
+      assert np.all(np.isnan(out[metric]["00_square"][:, 1])), metric
+
+
+def test_evaluator_leaves_out_the_step_at_that_t_and_counts_it():
+  images = np.asarray([[0.5], [-2.0]], np.float32)
+  T = 8
+  ev = L.LinearityEvaluator(
+      _fold_apply,
+      images,
+      num_points=2,
+      num_tuples=T,
+      batch_size=3,  # a padded last batch, masked out
+      key=2,
+      weights=FOLD_WEIGHTS,
+  )
+  first_is_half = int(np.sum(ev.tuples[:, 0] == 0))  # x_1 = 0.5, x_2 = -2
+  assert 0 < first_is_half < T
+  rec = ev(None)
+  square = rec["tangent_residual"]["00_square"]
+  # t = 0.4 keeps only the tuples x_1 = -2, x_2 = 0.5: x(t) = -1,
+  # residual ||h(-1) - 4 - 0.4 (-4)(2.5)||^2 / ||h(-1) - 4||^2 = 1 / 9.
+  np.testing.assert_allclose(square["mean"][0], 1 / 9, rtol=1e-5)
+  assert square["count_per_weight"] == [T - first_is_half, T]
+  assert square["count"] == T - first_is_half
+  assert square["degenerate"] == first_is_half
+  # t = 0.2: 1 for x_1 = 0.5 (see above), 0.25^2 / 1.75^2 for x_1 = -2.
+  want = (first_is_half + (T - first_is_half) * (0.25 / 1.75) ** 2) / T
+  np.testing.assert_allclose(square["mean"][1], want, rtol=1e-5)
+  # ReLU: x_1 = -2 is dead with both path points; x_1 = 0.5 scores 1 at
+  # t = 0.4 (x(t) = -0.5) and 0 at t = 0.2 (x(t) = 0, the kink).
+  relu = rec["tangent_residual"]["01_relu"]
+  assert relu["count_per_weight"] == [first_is_half] * 2
+  np.testing.assert_allclose(relu["mean"], [1.0, 0.0], atol=1e-6)
+  # No tuple is degenerate: the other metrics keep them all.
+  assert rec["degenerate"] == {"00_square": 0, "01_relu": 0}
+  assert rec["interp_error"]["00_square"]["count"] == T
+  assert rec["collapsed_layers"] == []
+  # The table shows the count behind each t.
+  table = L.results_table(rec)
+  rows = table[
+      (table.metric == "tangent_residual") & (table.layer == "00_square")
+  ]
+  assert rows["count"].tolist() == [T - first_is_half, T]
+  assert rows["degenerate"].tolist() == [first_is_half, 0]

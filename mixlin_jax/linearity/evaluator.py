@@ -68,15 +68,17 @@ def default_logits_layers(names: Sequence[str]) -> tuple[str, ...]:
 def _merge_stats(n, mean, m2, values, mask):
   """Chan et al. parallel update of (count, mean, M2) with a masked batch.
 
-  values: (R, B); mask: (B,) bool; n: () count so far.  Numerically stable,
-  unlike running sums of v and v^2 in float32 (whose difference cancels
-  when the spread is small relative to the mean).
+  values: (R, B); mask: (B,) or (R, B) bool (the tangent residual leaves
+  out a tuple at some path parameters only); n: (R,) counts so far.
+  Numerically stable, unlike running sums of v and v^2 in float32 (whose
+  difference cancels when the spread is small relative to the mean).
   """
-  nb = jnp.sum(mask).astype(jnp.float32)
-  safe = jnp.where(mask[None], values, 0.0)
+  mask = jnp.broadcast_to(mask, values.shape)
+  nb = jnp.sum(mask, axis=-1).astype(jnp.float32)
+  safe = jnp.where(mask, values, 0.0)
   bmean = jnp.sum(safe, axis=-1) / jnp.maximum(nb, 1.0)
   bm2 = jnp.sum(
-      jnp.where(mask[None], jnp.square(values - bmean[:, None]), 0.0), axis=-1
+      jnp.where(mask, jnp.square(values - bmean[:, None]), 0.0), axis=-1
   )
   tot = jnp.maximum(n + nb, 1.0)
   delta = bmean - mean
@@ -177,7 +179,7 @@ def _evaluate(
   init = {
       "stats": jax.tree.map(
           lambda s: (
-              jnp.zeros((), jnp.float32),
+              jnp.zeros(s.shape[:1], jnp.float32),
               jnp.zeros(s.shape[:1], jnp.float32),
               jnp.zeros(s.shape[:1], jnp.float32),
           ),
@@ -203,10 +205,14 @@ def _evaluate(
         is_leaf=is_stats,
     )
     count = lambda c, d: c + jnp.sum(valid & d, dtype=jnp.int32)
+    # A tuple left out at one path parameter or more counts once.
+    any_row = lambda d: d if d.ndim == 1 else jnp.any(d, axis=0)
     return {
         "stats": stats,
         "degenerate": jax.tree.map(
-            count, carry["degenerate"], out["degenerate"]
+            lambda c, d: count(c, any_row(d)),
+            carry["degenerate"],
+            out["degenerate"],
         ),
         "tuple_degenerate": jax.tree.map(
             count, carry["tuple_degenerate"], out["tuple_degenerate"]
@@ -514,6 +520,7 @@ class LinearityEvaluator:
          "num_tuples": T,
          metric: {layer: {"mean": [R floats], "stderr": [R floats],
                           "count": n, "degenerate": d}},
+         "tangent_residual": {layer: {..., "count_per_weight": [R ints]}},
          "degenerate": {layer: d_layer},
          "collapsed_layers": [names],
          "degenerate_rtol": rtol}
@@ -521,7 +528,12 @@ class LinearityEvaluator:
     ``mean``/``stderr`` are over the ``count`` tuples that are not
     degenerate at the layer (NaN when there is none, stderr NaN below two);
     ``degenerate`` (per metric) how many were left out; for ``raw_gap``
-    none is.  ``"degenerate"`` (top level) counts, per layer, the tuples
+    none is.  The tangent residual also leaves out a tuple at a single
+    ``t`` where the path point is indistinguishable from ``x_1`` (see
+    :mod:`~mixlin_jax.linearity.metrics`): its ``mean[i]``/``stderr[i]``
+    are over ``count_per_weight[i]`` tuples, ``count`` are the tuples kept
+    at every ``t`` and ``degenerate`` those left out at one or more
+    (``count + degenerate == num_tuples`` for every metric).  ``"degenerate"`` (top level) counts, per layer, the tuples
     whose K points are indistinguishable there; ``"collapsed_layers"`` the
     layers where that is more than ``COLLAPSED_FRACTION`` of the tuples
     (a dead or collapsed layer: not "perfectly linear").  For K > 2 the
@@ -557,17 +569,19 @@ class LinearityEvaluator:
       out["tangent_t"] = self.tangent_t.astype(float).tolist()
     out["num_tuples"] = self.num_tuples
     for m in self.metrics:
-      out[m] = {
-          name: {
-              "mean": np.asarray(stats["mean"][m][name], np.float64).tolist(),
-              "stderr": (
-                  np.asarray(stats["stderr"][m][name], np.float64).tolist()
-              ),
-              "count": int(stats["count"][m][name]),
-              "degenerate": int(stats["degenerate"][m][name]),
-          }
-          for name in self.layers
-      }
+      out[m] = {}
+      for name in self.layers:
+        left_out = int(stats["degenerate"][m][name])
+        out[m][name] = {
+            "mean": np.asarray(stats["mean"][m][name], np.float64).tolist(),
+            "stderr": np.asarray(stats["stderr"][m][name], np.float64).tolist(),
+            "count": self.num_tuples - left_out,
+            "degenerate": left_out,
+        }
+        if m == "tangent_residual":  # kept tuples differ from t to t
+          out[m][name]["count_per_weight"] = [
+              int(c) for c in stats["count"][m][name]
+          ]
     out["degenerate"] = {
         name: int(stats["tuple_degenerate"][name]) for name in self.layers
     }

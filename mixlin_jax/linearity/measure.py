@@ -49,7 +49,8 @@ def results_table(record: dict):
   tangent residual when K > 2, whose rows are indexed by ``tangent_t``);
   ``t`` the path parameter (``w_2`` for K = 2, ``tangent_t`` for the
   tangent residual, else NaN); ``mean`` and ``stderr`` over the ``count``
-  tuples kept; ``degenerate`` the tuples left out at that layer;
+  tuples kept; ``degenerate`` the tuples left out at that layer (for the
+  tangent residual, at that ``t``: ``count_per_weight`` of the record);
   ``collapsed`` whether the layer is flagged dead/collapsed.  Works on any
   record, including those logged in ``metrics.jsonl`` (older records
   without counts give missing values there).
@@ -67,12 +68,17 @@ def results_table(record: dict):
       continue
     for layer in layers:
       stats = record[metric][layer]
+      per_weight = stats.get("count_per_weight")
       for i, (mean, stderr) in enumerate(zip(stats["mean"], stats["stderr"])):
         if metric == "tangent_residual" and k > 2:
           w, t = None, float(tangent_t[i])
         else:
           w = tuple(float(v) for v in weights[i])
           t = w[1] if k == 2 else np.nan
+        count, degenerate = stats.get("count"), stats.get("degenerate")
+        if per_weight is not None:  # the tangent residual, t by t
+          count = per_weight[i]
+          degenerate = record["num_tuples"] - count
         rows.append(
             (
                 layer,
@@ -82,8 +88,8 @@ def results_table(record: dict):
                 t,
                 mean,
                 stderr,
-                stats.get("count"),
-                stats.get("degenerate"),
+                count,
+                degenerate,
                 layer in collapsed,
             )
         )

@@ -92,6 +92,16 @@ bfloat16 layer resolves only ``eps(bf16)^2 ~ 6e-5``, hence the ``eps^2``
 term.  An all-zero layer (``0 <= 0``) is degenerate.  ``raw_gap`` has no
 denominator and is defined for every tuple.
 
+**Degenerate path steps.**  The tangent residual asks the same, for each
+path parameter ``t``, of the pair ``x_1, x(t)``: its denominator
+``||h(x(t)) - h(x_1)||^2`` is zero for a tuple that is not degenerate when
+the path point lands where the first point does (``h(x) = x^2`` at ``x_1 =
+0.5, x_2 = -2, t = 0.4``, so ``x(t) = -0.5``; or ``x_1`` and ``x(t)`` both
+in a ReLU's dead region), where the ratio would be ``num / (EPS_REL *
+scale)`` (8e10 in the first case) or, with a zero numerator too, 0
+("perfectly linear").  Such a ``(tuple, t)`` is left out of that ``t``'s
+mean and counted, like a degenerate tuple.
+
 Every kept ratio is still computed as ``num / max(den, EPS_REL * scale,
 TINY)``: for ``K > 2`` a weight vector that puts almost all of its mass on one
 point makes ``den`` tiny for a tuple that is not degenerate.
@@ -231,7 +241,9 @@ def _layer_values(
   h: (T, K, D) originals; r: (W, T, D) mixtures (or None); jd: (T, D) JVP
   at x_1 (or None); hp: (G, T, D) path points (or None).
   Returns ``({metric: (W or G, T)}, {metric: (T,) degenerate}, (T,)
-  degenerate over all K points)``.
+  degenerate over all K points)``; the tangent residual's degenerate mask is
+  ``(W or G, T)``: a tuple whose path end points coincide, or a path point
+  indistinguishable from ``x_1`` (see the module docstring).
   """
   K = h.shape[1]
   hn = _sqnorm(h)  # (T, K)
@@ -293,7 +305,10 @@ def _layer_values(
     out["tangent_residual"] = _safe_ratio(
         sums["residual"], sums["displacement"], scale
     )
-    degenerate["tangent_residual"] = pair_degenerate
+    # The degenerate-tuple rule applied to the pair (x_1, x(t)): spread
+    # ||h(x(t)) - h(x_1)||^2 / 4 <= rtol * (||h(x_1)||^2 + ||h(x(t))||^2) / 2.
+    step_degenerate = sums["displacement"] <= 2.0 * rtol * scale
+    degenerate["tangent_residual"] = pair_degenerate[None] | step_degenerate
   return out, degenerate, tuple_degenerate
 
 
@@ -417,8 +432,10 @@ def tuple_values(
     "values": {metric: {layer: (R, T)}},
     "degenerate": {metric: {layer: (T,) bool}},
     "tuple_degenerate": {layer: (T,) bool}}``; ``R`` is ``W`` or, for the
-    tangent residual with ``K > 2``, ``len(tangent_t)``.  Values of
-    degenerate tuples are finite but meaningless: mask them.
+    tangent residual with ``K > 2``, ``len(tangent_t)``.  The tangent
+    residual's degenerate mask is ``(R, T)`` (per path parameter, see the
+    module docstring).  Values of degenerate tuples are finite but
+    meaningless: mask them.
   """
   layers, h, r, jd, hp, t_vals = forward_points(
       reps, variables, x, weights, tangent_t, metrics, constrain
@@ -479,7 +496,7 @@ def _per_tuple_jit(
   )
   return {
       m: {
-          n: jnp.where(out["degenerate"][m][n][None], jnp.nan, v)
+          n: jnp.where(out["degenerate"][m][n], jnp.nan, v)  # (T,) or (R, T)
           for n, v in out["values"][m].items()
       }
       for m in metrics
@@ -527,7 +544,9 @@ def per_tuple_metrics(
     ``{metric: {layer: (W, T) float32}}`` (``(len(tangent_t), T)`` for the
     tangent residual when ``K > 2``), numpy arrays, layers in network order.
     **NaN marks a tuple that is degenerate at that layer** (its points are
-    indistinguishable there, see the module docstring): it has no value.
+    indistinguishable there, see the module docstring): it has no value;
+    for the tangent residual also a ``(t, tuple)`` whose path point is
+    indistinguishable from ``x_1`` there.
 
   Two wrappers around the same model share one compilation (see
   :class:`~mixlin_jax.linearity.representations.SameComputation`).
@@ -681,9 +700,10 @@ def naive_per_tuple_metrics(
         diff = hp[name] - h1
         res = diff - t * jd[name]
         scale = (h1**2).sum(-1) + (hp[name] ** 2).sum(-1)
-        out["tangent_residual"][name][ti] = ratio(
-            (res**2).sum(-1), (diff**2).sum(-1), scale
-        )
+        value = ratio((res**2).sum(-1), (diff**2).sum(-1), scale)
+        # x(t) indistinguishable from x_1 there: no value at this t.
+        step = degenerate(np.stack([h1, hp[name]], axis=1), name)
+        out["tangent_residual"][name][ti] = np.where(step, np.nan, value)
     for name in layers:
       out["tangent_residual"][name][
           :, degenerate(h[name][:, :2], name)
