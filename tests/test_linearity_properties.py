@@ -69,6 +69,55 @@ def test_tuples_between_the_float32_and_bfloat16_floors():
         assert got == left_out, (per_tuple.__name__, metric, layer)
 
 
+def _square(v, x):
+  return x, {"00_square": x * x}
+
+
+def test_k3_tangent_path_with_merged_end_points_is_left_out():
+  """README: for K > 2 the tangent residual uses the tuple's first two
+  points, and (metrics docstring) asks the degenerate test of those two:
+  x_1 = a, x_2 = -a merge at h = x^2 though the third point does not."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(2, 3)).astype(np.float32)
+  x = jnp.asarray(np.stack([a, -a, b])[None])  # (1, 3, 3)
+  w = L.mixing_weights(3, num_dirichlet=2)
+  for per_tuple in (L.per_tuple_metrics, L.naive_per_tuple_metrics):
+    out = per_tuple(_square, {}, x, w, tangent_t=(0.3, 0.6))
+    assert np.all(np.isnan(out["tangent_residual"]["00_square"]))
+    assert np.all(np.isfinite(out["interp_error"]["00_square"]))
+
+
+def _identity(v, x):
+  return x, {"00_x": x}
+
+
+def test_collapsed_means_more_than_half_of_the_tuples():
+  """README: "A layer where more than half of the tuples are degenerate is
+  flagged as dead/collapsed".  Three identical points and a fourth: half
+  of the pairs coincide; keys with exactly 4 and 5 of 8 such tuples."""
+  images = np.zeros((4, 2), np.float32)
+  images[3] = 1.0
+  found = {}
+  for key in range(200):
+    ev = L.LinearityEvaluator(
+        _identity,
+        images,
+        num_points=2,
+        num_tuples=8,
+        batch_size=8,
+        key=key,
+        grid=(0.5,),
+        metrics=("interp_error",),
+    )
+    found.setdefault(int(np.sum(np.all(ev.tuples < 3, axis=1))), ev)
+    if 4 in found and 5 in found:
+      break
+  half, more = found[4](None), found[5](None)
+  assert half["degenerate"] == {"00_x": 4} and half["collapsed_layers"] == []
+  assert more["degenerate"] == {"00_x": 5}
+  assert more["collapsed_layers"] == ["00_x"]
+
+
 # ---------------------------------------------------------------------------
 # K > 2 weights: Dirichlet(1), i.e. uniform on the simplex
 
