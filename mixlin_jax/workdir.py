@@ -239,22 +239,35 @@ def _atomic_write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """Records of ``metrics.jsonl``; a torn last line (a kill mid-write) is skipped."""
+def _metrics_lines(workdir: str):
+  """``(line number, record or None)`` per non-blank line of
+  ``metrics.jsonl``; None for a line that is not JSON."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    return []
-  records = []
+    return
   with open(path) as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       line = line.strip()
       if not line:
         continue
       try:
-        records.append(json.loads(line))
+        yield number, json.loads(line)
       except json.JSONDecodeError:
-        continue
-  return records
+        yield number, None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Records of ``metrics.jsonl``; a torn last line (a kill mid-write) is
+  skipped (:func:`torn_metrics_lines` names it)."""
+  return [r for _, r in _metrics_lines(workdir) if r is not None]
+
+
+def torn_metrics_lines(workdir: str) -> list[int]:
+  """Line numbers (1-based) of ``metrics.jsonl`` that :func:`read_metrics`
+  skips because they are not JSON: what a kill during a write leaves at
+  the end.  The run's resume rewrites the log without them
+  (:meth:`MetricsLog.truncate`) and redoes that epoch."""
+  return [n for n, r in _metrics_lines(workdir) if r is None]
 
 
 class MetricsLog:

@@ -1,4 +1,4 @@
-r"""Mutation check: which plausible bugs in the train step does the suite catch?
+r"""Mutation check: which plausible bugs in the train step, the metrics and the analysis does the suite catch?
 
 Each *mutant* below is one small textual edit of the library (the wrong
 variables in one place, a swapped formula, a key folded with the wrong
@@ -34,6 +34,12 @@ Cost, measured on two CPU cores shared with other jobs (load ~5): with the
 current tests, 21 minutes for the 37 mutants (a killed mutant stops at its
 first failing test) plus 10 for the baseline. The suite of 2e40981, which
 lets most mutants survive, took 96 minutes: a survivor runs all its tests.
+The 37 mutants of the metrics and the analysis (``linearity/``, the
+statistics, the claims' rules, the study aggregate but its convergence
+part, the evaluator's seed in ``evaluation.py``), run with ``--only``: 37/37
+with the current tests in 11 minutes (baseline included, same machine);
+14/37 with the tests of 49c8e44, before tests/test_linearity_properties.py
+and tests/test_analysis_properties.py, in 13 minutes.
 """
 
 from __future__ import annotations
@@ -74,6 +80,55 @@ DATA = [
     "tests/test_data.py::test_epoch_indices",
 ]
 CONFIG = ["tests/test_config.py::test_digit_datasets_are_never_flipped"]
+# The metrics and what turns trained networks into answers. Unit tests only:
+# test_results.py::test_committed_results_are_up_to_date fails on any change
+# to the aggregate, right or wrong, so it says nothing about which is right.
+LIN_PROPS = "tests/test_linearity_properties.py"
+LIN = "tests/test_linearity.py"
+API = "tests/test_linearity_api.py"
+DEGENERATE = [
+    f"{LIN_PROPS}::test_threshold_constants_per_dtype",
+    f"{LIN_PROPS}::test_tuples_between_the_float32_and_bfloat16_floors",
+    f"{LIN_PROPS}::test_k3_tangent_path_with_merged_end_points_is_left_out",
+    f"{LIN}::test_degenerate_tuples_have_no_per_tuple_value",
+    f"{API}::test_identical_points_and_constant_layers_are_excluded_and_counted",
+]
+TANGENT_STEP = [
+    f"{LIN}::test_tangent_step_onto_the_first_point_has_no_value",
+    f"{LIN}::test_evaluator_leaves_out_the_step_at_that_t_and_counts_it",
+]
+METRICS_CORE = [
+    f"{LIN}::test_square_closed_form",
+    f"{LIN}::test_affine_model_scores_zero",
+    f"{LIN}::test_vectorized_matches_naive",
+]
+SAMPLING = [
+    f"{LIN}::test_mixing_weights",
+    f"{LIN}::test_draw_tuples",
+    f"{LIN_PROPS}::test_k_point_weights_are_dirichlet_one",
+    f"{LIN_PROPS}::test_t_column_is_the_path_parameter",
+]
+EVALUATOR = TANGENT_STEP + [
+    f"{LIN_PROPS}::test_collapsed_means_more_than_half_of_the_tuples",
+    f"{LIN}::test_evaluator_matches_numpy_statistics",
+    f"{API}::test_identical_points_and_constant_layers_are_excluded_and_counted",
+]
+SEED = [
+    f"{LIN_PROPS}::test_training_seed_does_not_move_the_linearity_tuples",
+    f"{API}::test_project_cnn_generic_path_matches_training_evaluator",
+]
+MEASURE = [
+    f"{LIN_PROPS}::test_logits_layer_none_takes_the_raw_gap_on_the_outputs",
+    f"{LIN_PROPS}::test_t_column_is_the_path_parameter",
+    f"{LIN}::test_evaluator_leaves_out_the_step_at_that_t_and_counts_it",
+    f"{API}::test_tuple_of_identical_points_scores_nothing_not_noise",
+    f"{API}::test_raw_gap_matches_numpy",
+]
+LAYERS = [
+    f"{LIN_PROPS}::test_layers_regex_is_searched_in_the_module_path",
+    f"{API}::test_nested_submodules_in_call_order_match_adapter",
+]
+ANALYSIS = ["tests/test_analysis_properties.py", "tests/test_study_stats.py"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +146,15 @@ def m(name, path, old, new, tests, why):
 
 
 TRAIN_PY = "mixlin_jax/train.py"
+METRICS_PY = "mixlin_jax/linearity/metrics.py"
+SAMPLING_PY = "mixlin_jax/linearity/sampling.py"
+EVALUATOR_PY = "mixlin_jax/linearity/evaluator.py"
+MEASURE_PY = "mixlin_jax/linearity/measure.py"
+REPS_PY = "mixlin_jax/linearity/representations.py"
+STATS_PY = "mixlin_jax/analysis/stats.py"
+CLAIMS_PY = "mixlin_jax/analysis/claims.py"
+STUDY_PY = "mixlin_jax/analysis/study.py"
+TABLES_PY = "mixlin_jax/analysis/tables.py"
 MUTANTS = [
     # -- the train step -----------------------------------------------------
     m("teacher_is_student", TRAIN_PY,
@@ -267,6 +331,163 @@ MUTANTS = [
       "if dataset == \"svhn_cropped\":\n    c.data.flip = False",
       "if dataset == \"svhn_cropped\":\n    c.data.flip = True", CONFIG,
       "SVHN digits mirrored"),
+    # -- the metrics: degenerate tuples -----------------------------------
+    m("floor_eps_not_squared", METRICS_PY,
+      "return max(float(rtol), eps * eps)",
+      "return max(float(rtol), eps)", DEGENERATE,
+      "bf16 floor eps instead of eps^2: drops tuples that bf16 resolves"),
+    m("floor_min_not_max", METRICS_PY,
+      "return max(float(rtol), eps * eps)",
+      "return min(float(rtol), eps * eps)", DEGENERATE,
+      "float32 floor eps^2 = 1e-14 instead of 1e-8: keeps rounding noise"),
+    m("floor_of_float32_everywhere", METRICS_PY,
+      "rtol=degenerate_rtol_for(dtype, degenerate_rtol),",
+      "rtol=degenerate_rtol_for(jnp.float32, degenerate_rtol),", DEGENERATE,
+      "a bf16 layer judged with the float32 floor"),
+    m("spread_over_k_not_k2", METRICS_PY,
+      "spread = jnp.sum(pair, axis=-1) / (K * K)",
+      "spread = jnp.sum(pair, axis=-1) / K", DEGENERATE,
+      "tuple spread from the pairwise sum off by a factor K"),
+    m("k3_path_pair_is_the_tuple", METRICS_PY,
+      "pair_degenerate = pair[:, 0] / 4 <= rtol * 0.5 * (hn[:, 0] + hn[:, 1])",
+      "pair_degenerate = tuple_degenerate", DEGENERATE,
+      "K > 2 tangent path judged by all K points, not its two end points"),
+    m("tangent_step_rule_dropped", METRICS_PY,
+      "degenerate[\"tangent_residual\"] = pair_degenerate[None] | step_degenerate",
+      "degenerate[\"tangent_residual\"] = jnp.broadcast_to(\n"
+      "        pair_degenerate, step_degenerate.shape)", TANGENT_STEP,
+      "a path point on x_1's representation scores 8e10 or 0"),
+    m("tangent_step_rule_absolute", METRICS_PY,
+      "step_degenerate = sums[\"displacement\"] <= 2.0 * rtol * scale",
+      "step_degenerate = sums[\"displacement\"] <= 2.0 * rtol", TANGENT_STEP,
+      "negligible path step judged in absolute terms, not relative to size"),
+    # -- the metrics: formulas ----------------------------------------------
+    m("interp_den_without_product", METRICS_PY,
+      "\"wp,tp->wt\", weights[:, pi] * weights[:, pj], pair",
+      "\"wp,tp->wt\", weights[:, pi], pair", METRICS_CORE,
+      "interpolation denominator without w_i w_j"),
+    m("relative_over_second_moment", METRICS_PY,
+      "_safe_ratio(num, sums[\"mixture\"], second)",
+      "_safe_ratio(num, second, second)", METRICS_CORE,
+      "relative error over E||h||^2 instead of ||m||^2"),
+    m("raw_gap_never_log_probs", METRICS_PY,
+      "log_probs=name in logits_layers,",
+      "log_probs=False,", METRICS_CORE + MEASURE,
+      "raw gap of a logits layer on the logits"),
+    # -- sampling -----------------------------------------------------------
+    m("dirichlet_from_uniforms", SAMPLING_PY,
+      "e = jax.random.exponential(",
+      "e = jax.random.uniform(", SAMPLING,
+      "normalised uniforms instead of exponentials: not Dirichlet(1)"),
+    m("dirichlet_squared", SAMPLING_PY,
+      "w = np.asarray(e, dtype=np.float64)",
+      "w = np.asarray(e, dtype=np.float64) ** 2", SAMPLING,
+      "weights concentrated towards the corners (not uniform on the simplex)"),
+    m("grid_weights_reversed", SAMPLING_PY,
+      "return np.stack([1.0 - t, t], axis=1)",
+      "return np.stack([t, 1.0 - t], axis=1)", SAMPLING,
+      "K = 2 weights (t, 1 - t): t is w_1"),
+    m("tuples_repeat_points", SAMPLING_PY,
+      "idx += idx >= prev[:, c]",
+      "idx += idx > prev[:, c]", SAMPLING,
+      "a tuple may hold one example twice"),
+    # -- the evaluator ------------------------------------------------------
+    m("tuples_from_training_seed", "mixlin_jax/evaluation.py",
+      "key=jax.random.PRNGKey(lin.seed),",
+      "key=jax.random.PRNGKey(config.seed),", SEED,
+      "linearity tuples follow the training seed: pairs on other points"),
+    m("step_counted_only_if_every_t", EVALUATOR_PY,
+      "any_row = lambda d: d if d.ndim == 1 else jnp.any(d, axis=0)",
+      "any_row = lambda d: d if d.ndim == 1 else jnp.all(d, axis=0)",
+      EVALUATOR, "a tuple left out at one t only is not counted"),
+    m("collapsed_at_half", EVALUATOR_PY,
+      "if out[\"degenerate\"][name] > COLLAPSED_FRACTION * self.num_tuples",
+      "if out[\"degenerate\"][name] >= COLLAPSED_FRACTION * self.num_tuples",
+      EVALUATOR, "a layer flagged collapsed at exactly half, not more"),
+    m("mask_not_applied", EVALUATOR_PY,
+      "safe = jnp.where(mask, values, 0.0)",
+      "safe = values", EVALUATOR,
+      "left-out and padded tuples enter the mean"),
+    m("stderr_without_sqrt_n", EVALUATOR_PY,
+      "jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0) / s[0])",
+      "jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0))", EVALUATOR,
+      "standard deviation reported as the standard error"),
+    # -- measure() and the representations -----------------------------------
+    m("logits_layer_none_is_auto", MEASURE_PY,
+      "elif logits_layer is None:\n    logits_layers = ()",
+      "elif logits_layer is None:\n    logits_layers = None", MEASURE,
+      "logits_layer=None still takes the output's log-probabilities"),
+    m("table_t_is_w1", MEASURE_PY,
+      "t = w[1] if k == 2 else np.nan",
+      "t = w[0] if k == 2 else np.nan", MEASURE,
+      "the table's t column holds w_1"),
+    m("table_tangent_count_total", MEASURE_PY,
+      "count = per_weight[i]",
+      "count = stats[\"count\"]", MEASURE,
+      "the table's tangent rows show the tuples kept at every t"),
+    m("layers_regex_matched_at_start", REPS_PY,
+      "pattern.search(\"/\".join(mdl.path))",
+      "pattern.match(\"/\".join(mdl.path))", LAYERS,
+      "layers= regex anchored at the path's start"),
+    m("layers_regex_on_name_only", REPS_PY,
+      "pattern.search(\"/\".join(mdl.path))",
+      "pattern.search(mdl.name or \"\")", LAYERS,
+      "layers= regex searched in the module's name, not its path"),
+    # -- statistics ---------------------------------------------------------
+    m("t_interval_n_dof", STATS_PY,
+      "scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)",
+      "scipy_stats.t.ppf(0.5 + confidence / 2, n)", ANALYSIS,
+      "Student-t with n degrees of freedom"),
+    m("t_interval_one_sided", STATS_PY,
+      "scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)",
+      "scipy_stats.t.ppf(confidence, n - 1)", ANALYSIS,
+      "a one-sided quantile for a two-sided interval"),
+    m("std_ddof_0", STATS_PY,
+      "std = float(v.std(ddof=1))",
+      "std = float(v.std())", ANALYSIS,
+      "population std for the sample std"),
+    m("paired_reversed", STATS_PY,
+      "d = np.asarray([a - b for a, b in pairs], np.float64)",
+      "d = np.asarray([b - a for a, b in pairs], np.float64)", ANALYSIS,
+      "baseline - regime instead of regime - baseline"),
+    # -- the claims' rules --------------------------------------------------
+    m("supported_needs_more_than_half", CLAIMS_PY,
+      "if sup * 2 >= n:",
+      "if sup * 2 > n:", ANALYSIS,
+      "supported needs more than half of the layers, not at least half"),
+    m("contradicted_needs_more_than_half", CLAIMS_PY,
+      "if con * 2 >= n:",
+      "if con * 2 > n:", ANALYSIS,
+      "contradicted needs more than half of the layers"),
+    m("intermediate_drops_last_kept", CLAIMS_PY,
+      "return [l for l in kept if l != layers[-1]]",
+      "return kept[:-1]", ANALYSIS,
+      "with the logits excluded, the last intermediate layer is dropped"),
+    m("verdict_directions_swapped", CLAIMS_PY,
+      "return SUPPORTED if d == claimed else CONTRADICTED",
+      "return CONTRADICTED if d == claimed else SUPPORTED", ANALYSIS,
+      "supported and contradicted swapped"),
+    # -- the study aggregate (not its convergence part) ---------------------
+    m("linear_by_construction_on_average", STUDY_PY,
+      "worst = final.groupby(\"layer\")[\"value\"].max()",
+      "worst = final.groupby(\"layer\")[\"value\"].mean()", ANALYSIS,
+      "a layer excluded when its mean over runs, not every run, is tiny"),
+    m("collapsed_at_any_epoch", STUDY_PY,
+      "final = c[c[\"epoch\"] == data.final_epoch]",
+      "final = c", ANALYSIS,
+      "a layer collapsed at an earlier epoch only is left out of the claims"),
+    m("collapsed_not_left_out", STUDY_PY,
+      "data.layers, excluded + sorted(collapsed),",
+      "data.layers, excluded,", ANALYSIS,
+      "collapsed layers stay in the claims"),
+    m("run_value_is_median_over_weights", TABLES_PY,
+      "\"value\": float(np.mean(values)) if values else math.nan,",
+      "\"value\": float(np.median(values)) if values else math.nan,",
+      ANALYSIS, "a run's value is the median over the mixing weights"),
+    m("rows_t_is_w1", TABLES_PY,
+      "t = float(w[1]) if k == 2 else None",
+      "t = float(w[0]) if k == 2 else None", ANALYSIS,
+      "tidy rows' t holds w_1"),
 ]
 
 

@@ -39,3 +39,16 @@ def test_compare_warns_on_partial_analysis_and_uses_clean_loss(tmp_path,
   assert [r["final_loss"] for r in conv] == [0.5, 0.5]
   with open(os.path.join(runs[0], "metrics.jsonl")) as f:
     assert "labelled" in json.loads(f.readline())
+
+
+def test_compare_warns_on_a_torn_metrics_line(tmp_path, caplog):
+  """A kill during a write leaves a torn last line: compare says so."""
+  out = str(tmp_path / "s")
+  write_synthetic_study(out, regimes=("erm", "supmix2"), seeds=(0,))
+  runs = [os.path.join(out, "runs", n) for n in ("erm_seed0", "supmix2_seed0")]
+  with open(os.path.join(runs[1], "metrics.jsonl"), "a") as f:
+    f.write('{"epoch": 5, "test": {"student_acc')
+  with caplog.at_level(logging.WARNING):
+    analysis.compare_runs(runs, str(tmp_path / "cmp"), names=["erm", "mix"])
+  torn = [r.getMessage() for r in caplog.records if "torn" in r.getMessage()]
+  assert len(torn) == 1 and runs[1] in torn[0] and "line(s) 5 " in torn[0]

@@ -426,8 +426,13 @@ def test_tangent_step_onto_the_first_point_has_no_value():
   is negligible is left out of that t (not 8e10, not 0 "perfectly
   linear"); the other t and the other metrics keep the tuple."""
   x = jnp.asarray([[[0.5], [-2.0]], [[-1.0], [1.0]]], jnp.float32)  # (2, 2, 1)
-  for per_tuple in (L.per_tuple_metrics, L.naive_per_tuple_metrics):
-    out = _np(per_tuple(_fold_apply, {}, x, FOLD_WEIGHTS))
+  # The rule is relative to the representations' size: the same at 1e-3.
+  for per_tuple, scale in (
+      (L.per_tuple_metrics, 1.0),
+      (L.naive_per_tuple_metrics, 1.0),
+      (L.per_tuple_metrics, 1e-3),
+  ):
+    out = _np(per_tuple(_fold_apply, {}, scale * x, FOLD_WEIGHTS))
     square = out["tangent_residual"]["00_square"]  # (t, tuple)
     assert np.isnan(square[0, 0]), per_tuple.__name__  # h(-0.5) == h(0.5)
     # t = 0.2: x(t) = 0; residual (t^2 d^2)^2 / (2 t a d + t^2 d^2)^2 = 1.

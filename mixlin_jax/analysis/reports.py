@@ -119,6 +119,13 @@ def compare_runs(workdirs: Sequence[str], out_dir: str, *,
   for w in workdirs:
     if not os.path.exists(os.path.join(w, workdir_lib.METRICS_FILE)):
       raise AnalysisError(f"{w} has no {workdir_lib.METRICS_FILE}.")
+    torn = workdir_lib.torn_metrics_lines(w)
+    if torn:
+      log.warning(
+          "%s: line(s) %s of %s are not JSON (a torn record, what a kill "
+          "during a write leaves) and are left out, with their epochs; "
+          "resuming the run repairs the log.", w,
+          ", ".join(map(str, torn)), workdir_lib.METRICS_FILE)
   setups = {n: _linearity_setup(w) for n, w in zip(names, workdirs)}
   if len({json.dumps(s, sort_keys=True) for s in setups.values()}) > 1:
     log.warning("the runs measured linearity on different data or tuples; "

@@ -533,8 +533,9 @@ class LinearityEvaluator:
     :mod:`~mixlin_jax.linearity.metrics`): its ``mean[i]``/``stderr[i]``
     are over ``count_per_weight[i]`` tuples, ``count`` are the tuples kept
     at every ``t`` and ``degenerate`` those left out at one or more
-    (``count + degenerate == num_tuples`` for every metric).  ``"degenerate"`` (top level) counts, per layer, the tuples
-    whose K points are indistinguishable there; ``"collapsed_layers"`` the
+    (``count + degenerate == num_tuples`` for every metric).
+    ``"degenerate"`` (top level) counts, per layer, the tuples whose K
+    points are indistinguishable there; ``"collapsed_layers"`` the
     layers where that is more than ``COLLAPSED_FRACTION`` of the tuples
     (a dead or collapsed layer: not "perfectly linear").  For K > 2 the
     tangent residual lists are indexed by ``tangent_t``.
