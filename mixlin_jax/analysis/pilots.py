@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from mixlin_jax import workdir as workdir_lib
 from mixlin_jax.analysis import results
 from mixlin_jax.analysis import study as study_lib
 from mixlin_jax.analysis.errors import AnalysisError
@@ -36,19 +37,31 @@ def setting_fields(configs: Sequence[dict]) -> list[str]:
   return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
+def piloted_config(agg: study_lib.Aggregate) -> dict:
+  """The config of the setting a pilot folder tries: that of its first
+  finished non-baseline run.  (The baseline's student does not depend on
+  the consistency fields, so pilots that differ only there may share one
+  baseline run; its config then shows another pilot's values.)"""
+  for st in agg.data.statuses:
+    if st.finished and st.spec.regime != agg.baseline:
+      return workdir_lib.read_config(st.workdir)
+  return agg.data.config
+
+
 def pilot_rows(folders: Sequence[str], baseline: str = "erm") -> list[dict]:
   """One dict per folder: its setting, accuracies and precondition."""
   if not folders:
     raise AnalysisError("no pilot folder given")
   aggs = [study_lib.aggregate(f, baseline=baseline) for f in folders]
-  fields = setting_fields([a.data.config for a in aggs])
+  configs = [piloted_config(a) for a in aggs]
+  fields = setting_fields(configs)
   rows = []
-  for folder, agg in zip(folders, aggs):
+  for folder, agg, config in zip(folders, aggs, configs):
     acc = {r.regime: (r.test_accuracy_mean, r.test_accuracy_std, r.n_seeds)
            for r in agg.accuracy.itertuples()}
     rows.append({
         "pilot": os.path.basename(os.path.normpath(folder)),
-        "setting": {f: agg.data.config.get(f) for f in fields},
+        "setting": {f: config.get(f) for f in fields},
         "seeds": agg.data.seeds, "accuracy": acc,
         "precondition": agg.precondition,
         "epochs": agg.data.final_epoch,

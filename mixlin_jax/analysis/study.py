@@ -6,7 +6,8 @@ a committed study regenerates its whole aggregate without checkpoints or
 recompute.  Writes into ``<out>``::
 
     tables/runs.csv                  one row per run: status, final accuracies
-    tables/linearity_by_seed.csv     per (regime, seed, epoch, layer, metric):
+    tables/linearity_by_seed.csv     per (regime, seed, epoch, layer, metric),
+                                     at 25/50/75/100% of training:
                                      value (mean over weights) and tuple_sem
     tables/linearity_summary.csv     per (regime, epoch, layer, metric): mean over
                                      seeds, std, 95% t interval, mean tuple_sem
@@ -14,9 +15,15 @@ recompute.  Writes into ``<out>``::
                                      baseline over seeds, mean, 95% interval, p
     tables/accuracy.csv              per regime: final test accuracy (student,
                                      EMA teacher) and clean labelled loss
-    tables/convergence.csv           per run: epochs to the target accuracy /
-                                     labelled loss; paired differences in
-                                     tables/convergence_paired.csv
+    tables/convergence.csv           per run: epochs to the baseline's final
+                                     accuracy, accuracy AUC, epochs to the
+                                     labelled-loss target; paired differences
+                                     in tables/convergence_paired.csv
+    tables/accuracy_paired.csv       per (regime, epoch): test accuracy -
+                                     baseline (the claims' precondition)
+    tables/verdicts_over_training.csv per (claim, regime, layer, epoch): the
+                                     primary metric's paired difference and
+                                     verdict
     claims.md, claims.json           the claims' tests and verdicts
     figures/*.png                    see :func:`write_figures`
 
@@ -498,7 +505,13 @@ def write_tables(agg: Aggregate) -> list[str]:
   runs = runs.merge(final[["regime", "seed", "test_accuracy",
                            "teacher_accuracy", "labelled_loss"]],
                     on=["regime", "seed"], how="left")
-  frames = {"runs": runs, "linearity_by_seed": agg.data.linearity,
+  # Per seed only at the epochs verdicts along training are reported (every
+  # epoch of a 60-epoch, 20-run study would make a file of over 1 MB; each
+  # run's metrics.jsonl has them all).
+  lin = agg.data.linearity
+  by_seed = lin[lin["epoch"].isin(claims_lib.training_checkpoints(
+      agg.data.final_epoch))]
+  frames = {"runs": runs, "linearity_by_seed": by_seed,
             "linearity_summary": agg.summary,
             "paired_differences": agg.paired, "accuracy": agg.accuracy,
             "convergence": agg.convergence,
