@@ -15,6 +15,7 @@ import math
 import os
 from typing import Sequence
 
+from mixlin_jax import studies
 from mixlin_jax import workdir as workdir_lib
 from mixlin_jax.analysis import claims as claims_lib
 from mixlin_jax.analysis import study as study_lib
@@ -31,11 +32,16 @@ class ResultsError(AnalysisError):
 
 
 def study_folders(root: str) -> list[str]:
-  """Study folders under ``root`` (those with a ``runs/`` folder), sorted."""
+  """Study folders under ``root``, sorted: those whose ``runs/`` folder
+  holds at least one finished run (a study still on its first run is not
+  a result yet)."""
   if not os.path.isdir(root):
     return []
-  return sorted(os.path.join(root, n) for n in os.listdir(root)
-                if os.path.isdir(os.path.join(root, n, "runs")))
+  folders = sorted(os.path.join(root, n) for n in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, n, "runs")))
+  return [f for f in folders
+          if any(studies.run_status(f, spec).finished
+                 for spec in studies.existing_runs(f))]
 
 
 def _fmt(x, digits=3):
