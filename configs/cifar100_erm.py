@@ -3,7 +3,7 @@ r"""CIFAR-100, 10,000 labels, PreAct ResNet-18: plain supervised training on the
     python experiments/run.py --config=configs/cifar100_erm.py --workdir=workdirs/cifar100_erm
     python experiments/run.py --config=configs/cifar100_erm.py:smoke   # seconds, wiring check
 
-Data: TFDS 'cifar100' in --config.data.data_dir (see README to prepare it), or an
+Data: TFDS 'cifar100' in --config.data.data_dir (docs/experiments.md, Data, says how to prepare it), or an
 array file written from the public archive by experiments/make_array_file.py:
 
     python experiments/make_array_file.py cifar100 --from=cifar-100-python.tar.gz --out=data/cifar100.npz

@@ -1,7 +1,7 @@
 r"""CIFAR-10 at CPU scale: the study config for the paper's claims on 32x32 colour images.
 
 Sized so that 4 regimes x 3 seeds run in about two and a half hours on a
-2-core CPU (measured: see docs/studies/cifar10_cpu/ and the README's
+2-core CPU (measured: see docs/studies/cifar10_cpu/ and docs/results.md's
 Results):
 
     python experiments/make_array_file.py cifar10 --from=cifar-10-python.tar.gz --out=data/cifar10.npz

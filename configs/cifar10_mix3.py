@@ -3,7 +3,7 @@ r"""CIFAR-10, 4,000 labels, WRN-28-2: 3-point mixup (Dirichlet(1,1,1) weights) a
     python experiments/run.py --config=configs/cifar10_mix3.py --workdir=workdirs/cifar10_mix3
     python experiments/run.py --config=configs/cifar10_mix3.py:smoke   # seconds, wiring check
 
-Data: TFDS 'cifar10' in --config.data.data_dir (see README to prepare it), or an
+Data: TFDS 'cifar10' in --config.data.data_dir (docs/experiments.md, Data, says how to prepare it), or an
 array file written from the public archive by experiments/make_array_file.py:
 
     python experiments/make_array_file.py cifar10 --from=cifar-10-python.tar.gz --out=data/cifar10.npz

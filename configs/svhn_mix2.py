@@ -3,7 +3,7 @@ r"""SVHN, 1,000 labels, WRN-28-2: 2-point mixup as an unsupervised ICT-style con
     python experiments/run.py --config=configs/svhn_mix2.py --workdir=workdirs/svhn_mix2
     python experiments/run.py --config=configs/svhn_mix2.py:smoke   # seconds, wiring check
 
-Data: TFDS 'svhn_cropped' in --config.data.data_dir (see README to prepare it), or an
+Data: TFDS 'svhn_cropped' in --config.data.data_dir (docs/experiments.md, Data, says how to prepare it), or an
 array file written from the public archive by experiments/make_array_file.py:
 
     python experiments/make_array_file.py svhn_cropped --from=DIR_WITH_THE_MAT_FILES --out=data/svhn.npz

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # (ResNet-18 only, to fit a 10-minute device call; add wrn28_2 to --models
 # when there is time.)
-# The GPU measurement of the README's Performance section, in ONE call so the
+# The GPU measurement of docs/performance.md, in ONE call so the
 # PyTorch reference and ours share the device. Run from the repository root:
 #
 #   bash experiments/gpu_benchmark.sh [PATH/TO/torch_resnet18_mixup.py] [OUT_DIR]

@@ -1,6 +1,6 @@
-r"""Regenerates every study's aggregate and the README's Results section from the committed runs.
+r"""Regenerates every study's aggregate, the README's summary table and the results page from the committed runs.
 
-    python experiments/results.py            # rewrite docs/studies/*/{tables,figures,claims.*} and README.md
+    python experiments/results.py            # rewrite docs/studies/*/{tables,figures,claims.*}, README.md, docs/results.md
     python experiments/results.py --check    # change nothing; exit 1 if anything committed is stale
 
 Each study folder under ``--studies`` (default ``docs/studies``) holds its
@@ -20,8 +20,19 @@ from absl import flags
 from mixlin_jax import cli
 
 _STUDIES = flags.DEFINE_string("studies", "docs/studies", "Folder of study folders.")
-_README = flags.DEFINE_string("readme", "README.md", "The README to update.")
+_README = flags.DEFINE_string("readme", "README.md", "The README (its summary table is updated).")
+_PAGE = flags.DEFINE_string("page", "docs/results.md", "The results page (its per-study sections are updated).")
 _CHECK = flags.DEFINE_bool("check", False, "Compare instead of writing; exit 1 on any difference.")
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _diff(old: str, new: str, name: str) -> None:
+  sys.stdout.writelines(difflib.unified_diff(
+      old.splitlines(True), new.splitlines(True), name, "regenerated", n=1))
 
 
 def main(argv):
@@ -29,18 +40,21 @@ def main(argv):
   with cli.user_errors_reported():
     cli.reject_extra_arguments(argv)
   from mixlin_jax.analysis import results  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.abspath(_README.value))
+  page_dir = os.path.dirname(os.path.abspath(_PAGE.value))
   folders = results.study_folders(_STUDIES.value)
-  links = [os.path.relpath(os.path.abspath(f), root) for f in folders]
-  with open(_README.value) as f:
-    readme = f.read()
+  for folder, runs in results.unfinished_studies(_STUDIES.value).items():
+    print(f"not a result yet, left out: {folder} (unfinished: "
+          f"{', '.join(runs)})")
+  links = [os.path.relpath(os.path.abspath(f), page_dir) for f in folders]
   with cli.user_errors_reported():
+    readme, page = _read(_README.value), _read(_PAGE.value)
     if not _CHECK.value:
-      text, _ = results.regenerate(folders, links, readme)
-      with open(_README.value, "w") as f:
-        f.write(text)
-      print(f"Regenerated {len(folders)} studies and the Results section of "
-            f"{_README.value}.")
+      new_readme, new_page, _ = results.regenerate(folders, links, readme, page)
+      for path, text in ((_README.value, new_readme), (_PAGE.value, new_page)):
+        with open(path, "w") as f:
+          f.write(text)
+      print(f"Regenerated {len(folders)} studies, the summary of "
+            f"{_README.value} and {_PAGE.value}.")
       return
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,22 +64,22 @@ def main(argv):
         shutil.copytree(os.path.join(folder, "runs"), os.path.join(copy, "runs"),
                         ignore=shutil.ignore_patterns("checkpoints", "log.txt"))
         copies.append(copy)
-      text, _ = results.regenerate(copies, links, readme)
-      if text != readme:
-        stale.append(_README.value)
-        sys.stdout.writelines(difflib.unified_diff(
-            readme.splitlines(True), text.splitlines(True), _README.value,
-            "regenerated", n=1))
+      new_readme, new_page, _ = results.regenerate(copies, links, readme, page)
+      for path, old, new in ((_README.value, readme, new_readme),
+                             (_PAGE.value, page, new_page)):
+        if new != old:
+          stale.append(path)
+          _diff(old, new, path)
       for folder, copy in zip(folders, copies):
         for name in results.committed_files(copy):
           old = os.path.join(folder, name)
-          if not os.path.exists(old) or open(old).read() != open(
-              os.path.join(copy, name)).read():
+          if not os.path.exists(old) or _read(old) != _read(
+              os.path.join(copy, name)):
             stale.append(old)
   if stale:
     print("stale (run python experiments/results.py): " + ", ".join(stale))
     sys.exit(1)
-  print(f"Up to date: {len(folders)} studies and {_README.value}.")
+  print(f"Up to date: {len(folders)} studies, {_README.value} and {_PAGE.value}.")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ Config variants, after ':' and comma-separated: {config_lib.VARIANTS};
 e.g. --config=configs/default.py:smoke,mix2.
 Config fields: every field, its default and its meaning is in base_config()
 of mixlin_jax/config.py (the configs/*.py files change a few); override any
-with --config.SECTION.FIELD=VALUE, e.g. --config.train.epochs=3. README.md,
-"Experiments and configs", lists the configs and regimes.
+with --config.SECTION.FIELD=VALUE, e.g. --config.train.epochs=3.
+docs/experiments.md lists the configs and regimes.
 Prints one line per epoch on stdout. Exit status: 0 done; 2 an error (one
 line starting 'error:' on stderr); 130 interrupted (rerun the same command to
 resume from the last completed epoch).

@@ -250,7 +250,7 @@ def _load_npz(path: str, info: DatasetInfo, dataset: str) -> ArraySplits:
   if not os.path.isfile(path):
     how = (f"; write it from the public archive with `python "
            f"experiments/make_array_file.py {dataset} "
-           f"--from={PUBLIC_ARCHIVES[dataset]} --out={path}` (README: Data)"
+           f"--from={PUBLIC_ARCHIVES[dataset]} --out={path}` (docs/experiments.md, Data)"
            if dataset in PUBLIC_ARCHIVES else "")
     raise DataError(f"data file {path!r} not found (no such file){how}")
   try:

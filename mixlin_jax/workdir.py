@@ -156,7 +156,7 @@ def _plan(workdir: str, config: ml_collections.ConfigDict, *,
           f"{workdir} holds a different experiment; these fields differ "
           "(recorded -> requested):\n  " + "\n  ".join(diffs) +
           "\nUse another --workdir, or pass --allow_config_change to "
-          "continue with the new values (see README, \"Extending a run\").")
+          "continue with the new values (see docs/troubleshooting.md, \"Extending a run\").")
     if diffs and report:
       log.warning("Continuing %s with a changed config "
                   "(--allow_config_change): %s", workdir, "; ".join(diffs))

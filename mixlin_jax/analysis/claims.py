@@ -11,7 +11,7 @@ check us against):
 * **(K)** descriptive, no direction claimed: what more than two mixing
   points does to convergence (mixK vs mix2, supmixK vs supmix2).
 
-How each is tested (written down here, in the README and in every
+How each is tested (written down here, in docs/studies.md and in every
 ``claims.md`` before any study was aggregated):
 
 * **Regimes.** (a) every ``supmixK`` regime of the study against the

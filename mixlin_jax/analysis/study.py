@@ -531,7 +531,7 @@ def _short(verdict: str) -> str:
 
 
 def precondition_lines(agg: Aggregate) -> list[str]:
-  """The precondition table of ``claims.md`` (and the README's Results)."""
+  """The precondition table of ``claims.md`` (and of docs/results.md)."""
   lines = [f"| regime | final test accuracy - {agg.baseline}, mean [95% CI] "
            "| precondition of (b), (c) |", "|---|---|---|"]
   for p in agg.precondition:
@@ -589,7 +589,7 @@ def claims_markdown(agg: Aggregate, title: str) -> str:
         f"{st.spec.name} ({st.state})" for st in missing) + ".", ""]
   lines += [
       "How the claims are tested was fixed before any study was aggregated "
-      "(see `mixlin_jax/analysis/claims.py` and the README): paired "
+      "(see `mixlin_jax/analysis/claims.py` and docs/studies.md): paired "
       "difference regime - baseline over seeds at the final epoch, mean over "
       "the mixing weights, 95% Student-t interval; *supported* when the "
       "interval excludes 0 in the claimed direction, *contradicted* when it "
