@@ -61,6 +61,8 @@ def main(argv):
     profile_epochs = cli.parse_int_list("profile_epochs",
                                         _PROFILE_EPOCHS.value)
     from mixlin_jax import analysis  # pylint: disable=import-outside-toplevel
+    from mixlin_jax import jax_cache  # pylint: disable=import-outside-toplevel
+    jax_cache.enable()
     overrides = {"data.data_dir": _DATA_DIR.value} if _DATA_DIR.value else None
     result = analysis.run_analysis(
         _WORKDIR.value, _OUT.value, split=_SPLIT.value,

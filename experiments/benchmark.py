@@ -45,6 +45,8 @@ def main(argv):
 
 def _main():
   from mixlin_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from mixlin_jax import jax_cache  # pylint: disable=import-outside-toplevel
+  jax_cache.enable()  # compile time is not what the benchmark measures
   settings = benchmark.BenchSettings.tiny() if _TINY.value else benchmark.BenchSettings()
   for flag, field in ((_MODELS, "models"), (_REGIMES, "regimes"), (_BATCH, "batch_size"),
                       (_STEPS, "steps"), (_WARMUP, "warmup"), (_DTYPE, "compute_dtype"),

@@ -34,6 +34,11 @@ _PROGRESS = flags.DEFINE_bool(
     "progress", True,
     "Show a progress bar over each epoch's steps when stderr is a terminal "
     "(never in a redirected log). The one line per epoch prints either way.")
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True,
+    "Keep compiled programs in JAX's persistent cache "
+    "(~/.cache/mixlin_jax/jax, or $JAX_COMPILATION_CACHE_DIR) so that the "
+    "next run skips compiling them; --nocompilation_cache is MIXLIN_JAX_CACHE=off.")
 flags.mark_flags_as_required(["config"])
 
 _EPILOG = f"""\
@@ -53,6 +58,7 @@ def main(argv):
   cli.setup_logging()
   with cli.user_errors_reported():
     cli.reject_extra_arguments(argv)
+    cli.apply_compilation_cache_flag(_COMPILATION_CACHE.value)
     from mixlin_jax import parallel  # pylint: disable=import-outside-toplevel
     # Before anything initialises JAX's backends.
     parallel.maybe_initialize_distributed(

@@ -9,8 +9,9 @@ r"""Runs every (regime, seed) of one config, then aggregates them with statistic
     # ... then aggregate whatever has finished
     python experiments/study.py --out=docs/studies/cifar10_cpu --aggregate_only
 
-Runs are sequential, each an ordinary ``run.py`` subprocess writing to
-``<out>/runs/<regime>_seed<seed>/``; finished runs are skipped and
+Each run is an ordinary ``run.py`` subprocess writing to
+``<out>/runs/<regime>_seed<seed>/``, one after another or ``--jobs=N`` at a
+time; finished runs are skipped and
 interrupted ones resume, so rerunning the same command after a kill picks up
 where it stopped. ``--config.FIELD=VALUE`` overrides pass through to every
 run. The aggregate (tables, figures, claims.md) is written to ``<out>``;
@@ -41,6 +42,17 @@ _AGGREGATE_ONLY = flags.DEFINE_bool(
     "aggregate_only", False,
     "Run nothing: aggregate the finished runs under --out, naming the "
     "missing and incomplete ones.")
+_JOBS = flags.DEFINE_integer(
+    "jobs", 1,
+    "Runs at the same time on this machine, each pinned to its share of the "
+    "cores and, on a GPU, to 80%/N of its memory (--print_commands is the "
+    "way to a cluster).", lower_bound=1)
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True,
+    "Keep compiled programs in JAX's persistent cache "
+    "(~/.cache/mixlin_jax/jax, or $JAX_COMPILATION_CACHE_DIR) so that the "
+    "next run skips compiling them (passed on to every run); "
+    "--nocompilation_cache is MIXLIN_JAX_CACHE=off.")
 flags.mark_flags_as_required(["out"])
 
 
@@ -68,6 +80,7 @@ def main(argv):
   cli.setup_logging()
   with cli.user_errors_reported():
     cli.reject_extra_arguments(argv)
+    cli.apply_compilation_cache_flag(_COMPILATION_CACHE.value)
     _main()
 
 
@@ -96,7 +109,7 @@ def _main():
           print(studies.format_command(
               studies.run_command(config_path, spec, out, overrides)))
       return
-    studies.execute(config_path, specs, out, overrides)
+    studies.execute(config_path, specs, out, overrides, jobs=_JOBS.value)
     study_lib.aggregate_and_report(out, baseline=_REGIMES.value[0],
                                    regimes=_REGIMES.value, seeds=seeds)
     return

@@ -43,12 +43,12 @@ class UsageError(ValueError):
 def _user_error_types() -> tuple[type, ...]:
   # Imported here so that importing this module stays cheap.
   # pylint: disable-next=import-outside-toplevel
-  from mixlin_jax import checkpoints, config, data, studies, train, workdir
+  from mixlin_jax import checkpoints, config, data, jax_cache, studies, train, workdir
   from mixlin_jax.analysis import errors as analysis_errors  # pylint: disable=import-outside-toplevel
   return (UsageError, config.ConfigError, data.DataError,
           workdir.WorkdirMismatchError, train.NonFiniteError,
           checkpoints.CheckpointError, studies.StudyRunError,
-          analysis_errors.AnalysisError)
+          analysis_errors.AnalysisError, jax_cache.CacheSettingError)
 
 
 def exit_with_error(message: str, status: int = USER_ERROR_EXIT) -> None:
@@ -176,6 +176,14 @@ def parse_int_list(name: str, values: Sequence[str] | None) -> list[int] | None:
   except ValueError:
     raise UsageError(f"--{name} must be comma-separated integers, got "
                      f"{','.join(values)}") from None
+
+
+def apply_compilation_cache_flag(wanted: bool) -> None:
+  """``--nocompilation_cache``: switches the cache off for this process and
+  the runs it starts (through the environment; see mixlin_jax.jax_cache)."""
+  if not wanted:
+    from mixlin_jax import jax_cache  # pylint: disable=import-outside-toplevel
+    os.environ[jax_cache.ENV_SWITCH] = "off"
 
 
 def progress_bar_wanted(flag_value: bool) -> bool:

@@ -23,10 +23,11 @@ import dataclasses
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from mixlin_jax import config as config_lib
 from mixlin_jax import workdir as workdir_lib
@@ -128,47 +129,157 @@ def existing_runs(out: str) -> list[RunSpec]:
   return [s for s in specs if s is not None]
 
 
+def job_slots(jobs: int, cpus: Sequence[int] | None = None) -> list[dict]:
+  """How ``jobs`` runs at once share the machine: one dict per slot.
+
+  Each slot has ``cpus`` (the cores its run is pinned to: the machine's
+  cores split into ``jobs`` equal parts, so runs do not fight over them;
+  None for one job, or more jobs than cores) and ``env`` (variables set
+  for its run: ``XLA_PYTHON_CLIENT_MEM_FRACTION`` so that ``jobs`` runs fit
+  on one GPU together, 80% of its memory shared out; ignored on CPU).
+  """
+  if jobs < 1:
+    raise ValueError(f"jobs: expected a positive number, got {jobs}")
+  if jobs == 1:
+    return [{"cpus": None, "env": {}}]
+  if cpus is None:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+  per_job = len(cpus) // jobs
+  env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.8 / jobs:.3f}"}
+  return [{"cpus": (tuple(cpus[i * per_job:(i + 1) * per_job])
+                    if per_job else None),
+           "env": env} for i in range(jobs)]
+
+
+@dataclasses.dataclass
+class _Running:
+  status: RunStatus
+  proc: subprocess.Popen
+  log_file: Any
+  slot: int
+  start: float
+
+
 def execute(config_path: str, specs: Sequence[RunSpec], out: str,
-            overrides: Sequence[str] = (), *,
-            log: Callable[[str], None] = print) -> list[RunStatus]:
-  """Runs every unfinished run in order; returns the final statuses.
+            overrides: Sequence[str] = (), *, jobs: int = 1,
+            log: Callable[[str], None] = print,
+            poll_seconds: float = 0.5) -> list[RunStatus]:
+  """Runs every unfinished run, up to ``jobs`` at a time; returns the final statuses.
 
   Finished runs are skipped; interrupted ones resume (``run.py`` restarts
   from the newest good checkpoint). Each run's output goes to
-  ``<workdir>/log.txt``; this prints one line per run, with the estimated
-  time left from the runs done so far in this call. A failed run stops the
-  study with its last lines (its workdir is kept and resumes next time).
+  ``<workdir>/log.txt``; this prints one line when a run starts and one
+  when it ends, counting finished runs, with the estimated time left from
+  the runs done so far in this call. Runs start in plan order (seed-major),
+  each pinned to its share of the cores (:func:`job_slots`). A failed run
+  stops new starts; the runs still going are let finish (so nothing is
+  lost), then :class:`StudyRunError` names the failed run's log. Ctrl-C is
+  passed to every running run (each saves a checkpoint and exits), then
+  re-raised.
   """
   statuses = [run_status(out, s) for s in specs]
   todo = [st for st in statuses if not st.finished]
   log(f"study {out}: {len(specs)} runs, {len(specs) - len(todo)} finished, "
-      f"{len(todo)} to run")
+      f"{len(todo)} to run" + (f", {jobs} at a time" if jobs > 1 else ""))
+  slots = job_slots(jobs)
+  free = list(range(len(slots)))
+  waiting = list(todo)
+  running: list[_Running] = []
   per_epoch: dict[str, list[float]] = {}
-  for i, st in enumerate(todo, start=1):
-    os.makedirs(st.workdir, exist_ok=True)
-    cmd = run_command(config_path, st.spec, out, overrides,
-                      python=sys.executable)
-    log(f"[{i}/{len(todo)}] {st.spec.name}: {st.state} -> running")
-    start = time.time()
-    with open(os.path.join(st.workdir, LOG_FILE), "a") as f:
-      f.write(f"$ {format_command(cmd)}\n")
-      f.flush()
-      proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    seconds = time.time() - start
-    new = run_status(out, st.spec)
-    if proc.returncode != 0 or not new.finished:
-      with open(os.path.join(st.workdir, LOG_FILE)) as f:
-        tail = "".join(f.readlines()[-8:])
-      raise StudyRunError(
-          f"run {st.spec.name} failed (exit {proc.returncode}); its log "
-          f"{os.path.join(st.workdir, LOG_FILE)} ends with:\n{tail}")
-    epochs = max(new.epochs_done - st.epochs_done, 1)
-    per_epoch.setdefault(st.spec.regime, []).append(seconds / epochs)
-    left = _seconds_left(todo[i:], per_epoch, new.epochs_total)
-    log(f"[{i}/{len(todo)}] {st.spec.name}: done in {seconds / 60:.1f} min"
-        + (f"; about {left / 60:.0f} min left" if left else ""))
+  failures: list[str] = []
+  done = 0
+  try:
+    while waiting or running:
+      while waiting and free and not failures:
+        st = waiting.pop(0)
+        slot = free.pop(0)
+        running.append(_start(config_path, st, out, overrides, slots[slot],
+                              slot))
+        log(f"[{done + len(running)}/{len(todo)}] {st.spec.name}: {st.state} "
+            f"-> running" + (f" (slot {slot + 1})" if jobs > 1 else ""))
+      time.sleep(poll_seconds if running else 0)
+      for r in [r for r in running if r.proc.poll() is not None]:
+        running.remove(r)
+        free.append(r.slot)
+        free.sort()
+        r.log_file.close()
+        seconds = time.time() - r.start
+        new = run_status(out, r.status.spec)
+        if r.proc.returncode != 0 or not new.finished:
+          failures.append(_failure(r, new))
+          log(f"{r.status.spec.name}: failed (exit {r.proc.returncode})"
+              + ("; waiting for the runs still going" if running else ""))
+          continue
+        done += 1
+        epochs = max(new.epochs_done - r.status.epochs_done, 1)
+        per_epoch.setdefault(r.status.spec.regime, []).append(seconds / epochs)
+        left = _seconds_left(waiting + [x.status for x in running], per_epoch,
+                             new.epochs_total) / max(jobs, 1)
+        log(f"[{done}/{len(todo)} finished] {r.status.spec.name}: done in "
+            f"{seconds / 60:.1f} min"
+            + (f"; about {left / 60:.0f} min left" if left else ""))
+  except KeyboardInterrupt:
+    _stop(running)
+    raise
+  if failures:
+    raise StudyRunError("\n".join(failures))
   return [run_status(out, s) for s in specs]
+
+
+def _start(config_path: str, st: RunStatus, out: str,
+           overrides: Sequence[str], slot: dict, index: int) -> _Running:
+  os.makedirs(st.workdir, exist_ok=True)
+  cmd = run_command(config_path, st.spec, out, overrides,
+                    python=sys.executable)
+  log_file = open(os.path.join(st.workdir, LOG_FILE), "a")
+  log_file.write(f"$ {format_command(cmd)}\n")
+  log_file.flush()
+  cpus = slot["cpus"]
+  proc = subprocess.Popen(
+      cmd, stdout=log_file, stderr=subprocess.STDOUT,
+      env=dict(os.environ, PYTHONUNBUFFERED="1", **slot["env"]),
+      preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+  return _Running(st, proc, log_file, index, time.time())
+
+
+def _failure(r: _Running, new: RunStatus) -> str:
+  path = os.path.join(r.status.workdir, LOG_FILE)
+  with open(path) as f:
+    tail = "".join(f.readlines()[-8:])
+  state = "" if r.proc.returncode else f", {new.state}"
+  return (f"run {r.status.spec.name} failed (exit {r.proc.returncode}{state}); "
+          f"its log {path} ends with:\n{tail}")
+
+
+def _stop(running: Sequence[_Running], grace: float = 10.0,
+          timeout: float = 120.0) -> None:
+  """After Ctrl-C: lets every run save its checkpoint and exit.
+
+  Runs share the study's process group, so a Ctrl-C at the terminal has
+  reached each of them already (a second SIGINT would cut its checkpoint
+  short): they get ``grace`` seconds to exit on their own. One still going
+  then (the study alone was signalled) gets a SIGINT; one not out within
+  ``timeout`` seconds more is killed (it resumes from its previous
+  checkpoint).
+  """
+  def wait_all(seconds):
+    deadline = time.time() + seconds
+    for r in running:
+      try:
+        r.proc.wait(timeout=max(deadline - time.time(), 0.01))
+      except subprocess.TimeoutExpired:
+        pass
+  wait_all(grace)
+  for r in running:
+    if r.proc.poll() is None:
+      r.proc.send_signal(signal.SIGINT)
+  wait_all(timeout)
+  for r in running:
+    if r.proc.poll() is None:
+      r.proc.kill()
+      r.proc.wait()
+    r.log_file.close()
 
 
 def _seconds_left(rest: Sequence[RunStatus],

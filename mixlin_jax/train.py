@@ -38,6 +38,7 @@ from mixlin_jax import checkpoints as ckpt_lib
 from mixlin_jax import config as config_lib
 from mixlin_jax import data as data_lib
 from mixlin_jax import evaluation
+from mixlin_jax import jax_cache
 from mixlin_jax import losses
 from mixlin_jax import mixup
 from mixlin_jax import models
@@ -555,6 +556,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       first (unless interrupted again), and the message says where a rerun
       resumes.
   """
+  jax_cache.enable()  # before the first compile: a rerun reuses the programs
   mesh = parallel.make_mesh()
   # Process 0 writes the workdir, so it alone probes it: several processes
   # creating and removing the same probe folders at once would race.

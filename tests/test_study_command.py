@@ -97,3 +97,51 @@ def test_bad_regime_is_one_line_error_before_any_run(tmp_path):
   assert proc.stderr.strip().startswith("error: ")
   assert "'mixup'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
   assert not os.path.exists(f"{tmp_path}/s")
+
+
+def test_two_runs_at_once_killed_then_resumed(tmp_path):
+  """--jobs=2: both runs start before either ends; a kill of the study and
+  its runs loses nothing, and the rerun resumes each unfinished run."""
+  out = str(tmp_path / "jobs")
+  args = ["--config=configs/default.py:smoke", "--regimes=erm,mix2",
+          "--seeds=0", "--config.train.epochs=4", "--jobs=2", f"--out={out}"]
+  metrics = {r: os.path.join(out, "runs", f"{r}_seed0", "metrics.jsonl")
+             for r in ("erm", "mix2")}
+  log_path = tmp_path / "study.log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(STUDY + args, cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 300
+    while (max(_lines(m) for m in metrics.values()) < 2
+           and time.time() < deadline and proc.poll() is None):
+      time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and both run.py children
+    proc.wait()
+  first = log_path.read_text()
+  starts = [first.index(f"{r}_seed0: missing -> running") for r in metrics]
+  assert "finished]" not in first[:max(starts)], first  # two at once
+  before = {r: _lines(m) for r, m in metrics.items()}
+  assert min(before.values()) < 4, "the kill should land inside a run"
+
+  resumed = _run(args)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  for regime, path in metrics.items():
+    with open(path) as f:
+      assert [json.loads(l)["epoch"] for l in f if l.strip()] == [1, 2, 3, 4]
+    if 1 <= before[regime] < 4:
+      log = open(os.path.join(out, "runs", f"{regime}_seed0", "log.txt")).read()
+      assert "Resuming" in log, regime
+  assert "[2/2 finished]" in resumed.stdout
+  assert "aggregated 2 finished runs" in resumed.stdout
+
+
+def test_job_slots_split_the_cores_and_the_gpu_memory():
+  from mixlin_jax import studies  # pylint: disable=import-outside-toplevel
+  assert studies.job_slots(1) == [{"cpus": None, "env": {}}]
+  slots = studies.job_slots(2, cpus=[0, 1, 2, 3, 4])
+  assert [s["cpus"] for s in slots] == [(0, 1), (2, 3)]
+  assert all(s["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.400" for s in slots)
+  assert [s["cpus"] for s in studies.job_slots(4, cpus=[0, 1])] == [None] * 4
+  with pytest.raises(ValueError, match="jobs: expected a positive number"):
+    studies.job_slots(0)

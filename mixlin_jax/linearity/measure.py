@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixlin_jax import jax_cache
 from mixlin_jax.linearity import representations as reps_lib
 from mixlin_jax.linearity.evaluator import LinearityEvaluator
 from mixlin_jax.linearity.metrics import DEGENERATE_RTOL, METRICS
@@ -301,7 +302,11 @@ def measure(
     A :class:`LinearityResult` (``.table``, ``.summary()``, ``.plot()``,
     ``.record``).  Compiles once per (model, shapes, options): measuring the
     same model again, even through a new wrapper function, reuses it.
+    The compiled programs also go to the persistent cache
+    (:mod:`mixlin_jax.jax_cache`), so a new process or notebook kernel
+    reuses them too.
   """
+  jax_cache.enable()
   reps = reps_lib.Representations.of_model(
       model, layers=layers, apply_kwargs=apply_kwargs, mix_at=mix_at
   )
