@@ -17,12 +17,13 @@ def test_gpu_study_script_cpu_smoke(tmp_path):
            y_test=np.arange(100) % 10)
   out = str(tmp_path / "gpu_study")
   env = dict(os.environ, CONFIG="configs/cifar10_gpu_study.py:smoke",
-             EPOCHS="1", SEEDS="0", REGIMES="erm,mix2", BENCH_ARGS="--tiny")
-  proc = subprocess.run(["bash", "experiments/gpu_study.sh", array, out],
+             EPOCHS="1", SEEDS="0", REGIMES="erm,mix2", JOBS="2",
+             BENCH_ARGS="--tiny")
+  proc = subprocess.run(["bash", "experiments/gpu_study.sh", "cifar10", array, out],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "study wall time:" in proc.stdout
+  assert "study wall time:" in proc.stdout and "(2 runs at once)" in proc.stdout
   for run in ("erm_seed0", "mix2_seed0"):
     with open(os.path.join(out, "runs", run, "config.json")) as f:
       config = json.load(f)["config"]
@@ -34,3 +35,13 @@ def test_gpu_study_script_cpu_smoke(tmp_path):
   with open(os.path.join(out, "benchmark.json")) as f:
     report = json.load(f)
   assert report["train"] and report["linearity"]
+
+
+def test_gpu_study_script_rejects_an_unknown_dataset(tmp_path):
+  proc = subprocess.run(["bash", "experiments/gpu_study.sh", "svhn",
+                         str(tmp_path / "x.npz"), str(tmp_path / "out")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (
+      "error: DATASET 'svhn': expected cifar10 or cifar100")
+  assert not os.path.exists(tmp_path / "out")
