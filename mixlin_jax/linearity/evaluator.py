@@ -2,7 +2,7 @@
 
 One jitted computation per call: a ``lax.scan`` over tuple batches that
 gathers the tuple images on device, runs the metrics' core
-(:func:`~mixlin_jax.linearity.metrics.tuple_values`) and merges (count,
+(:func:`~mixlin_jax.linearity.metrics.stacked_tuple_values`) and merges (count,
 mean, M2) per metric, layer and weight, leaving out degenerate tuples; one
 host transfer per call.  The jitted function is module level with the model
 as a static argument that compares by value, so every evaluator (and every
