@@ -5,6 +5,7 @@ r"""Benchmarks the real train step and the linearity metrics; prints a table, wr
         --post_hoc_tuples=10000 --linearity_batch=1000   # metric vs its floor
     python experiments/benchmark.py --models=preact_resnet18,wrn28_2 \
         --torch_reference=../shared/bench/torch_resnet18_mixup.py --out=bench.json
+    python experiments/benchmark.py --first_call   # measure()'s first call vs its compile floor
 
 Logic lives in ``mixlin_jax.benchmark``; see its docstring for what is timed.
 """
@@ -33,6 +34,12 @@ _LIN_DTYPES = flags.DEFINE_list("linearity_dtypes", None, "Linearity compute dty
 _IMAGE_SHAPE = flags.DEFINE_list("image_shape", None, "Synthetic image shape, e.g. 32,32,3.")
 _TORCH = flags.DEFINE_string("torch_reference", None,
                              "Path of the PyTorch reference script to run in the same call.")
+_FIRST_CALL = flags.DEFINE_bool(
+    "first_call", False,
+    "Only the first-call row: linearity.measure's first call on a small 10-layer model against "
+    "the compile of its forward (capture_intermediates) plus JVP, each in a fresh process.")
+_FIRST_CALL_REPEATS = flags.DEFINE_integer(
+    "first_call_repeats", 3, "Fresh processes per quantity of the first-call row (median kept).")
 _OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON report.")
 
 
@@ -45,6 +52,13 @@ def main(argv):
 
 def _main():
   from mixlin_jax import benchmark  # pylint: disable=import-outside-toplevel
+  if _FIRST_CALL.value:  # fresh processes without the persistent cache
+    row = benchmark.time_first_call(_FIRST_CALL_REPEATS.value)
+    print(benchmark.format_first_call(row))
+    with open(_OUT.value, "w") as f:
+      json.dump({"first_call": row}, f, indent=2)
+    print(f"\nWrote {_OUT.value}")
+    return
   from mixlin_jax import jax_cache  # pylint: disable=import-outside-toplevel
   jax_cache.enable()  # compile time is not what the benchmark measures
   settings = benchmark.BenchSettings.tiny() if _TINY.value else benchmark.BenchSettings()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -309,3 +310,170 @@ def format_table(report: dict) -> str:
     lines += ["", f"PyTorch reference ({ref['framework']}, compile={ref['compile']}, "
               f"batch {ref['batch_size']}): {ref['train_img_per_s']:.0f} images/s."]
   return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# First call of ``linearity.measure`` against its compile floor
+
+#: The small model of the first-call probe (issue 19): two conv blocks with
+#: BatchNorm and dropout, a hidden dense layer and a head; 10 layers
+#: measured (each block's conv, bn, dropout and output, the hidden layer,
+#: the output), 16x16x3 inputs, 64 tuples.
+FIRST_CALL_IMAGES = (256, 16, 16, 3)
+FIRST_CALL_TUPLES = 64
+
+
+def first_call_model():
+  """``(model, variables, images)`` of the first-call probe."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class Block(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train):
+      x = nn.Conv(self.features, (3, 3), name="conv")(x)
+      x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+      x = nn.Dropout(0.1, deterministic=not train, name="drop")(nn.relu(x))
+      return nn.max_pool(x, (2, 2), (2, 2))
+
+  class SmallNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = Block(16, name="block1")(x, train)
+      x = Block(32, name="block2")(x, train)
+      x = nn.relu(nn.Dense(64, name="hidden")(x.reshape(x.shape[0], -1)))
+      return nn.Dense(10, name="head")(x)
+
+  model = SmallNet()
+  images = np.random.default_rng(0).normal(
+      size=FIRST_CALL_IMAGES).astype(np.float32)
+  variables = model.init(jax.random.key(1), images[:1])
+  return model, variables, images
+
+
+class _CompileEvents:
+  """Sums of jax's compile-stage durations (``jax.monitoring``) and the
+  number of XLA compilations, while active."""
+
+  STAGES = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+            "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
+
+  def __init__(self):
+    self.active = False
+    self.totals = dict.fromkeys(self.STAGES.values(), 0.0)
+    self.compiles = 0
+    jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+
+  def _on_duration(self, event, duration, **_):
+    if self.active and event in self.STAGES:
+      self.totals[self.STAGES[event]] += duration
+      if event == "/jax/core/compile/backend_compile_duration":
+        self.compiles += 1
+
+  def take(self) -> dict:
+    out = dict(self.totals, compiles=self.compiles)
+    self.totals = dict.fromkeys(self.STAGES.values(), 0.0)
+    self.compiles = 0
+    return out
+
+
+def first_call_child(kind: str) -> dict:
+  """One measurement in a fresh process (see :func:`time_first_call`).
+
+  ``kind="floor"``: the seconds to trace, lower and compile (``jax.jit``,
+  AOT) the model's forward with ``capture_intermediates=True`` on the
+  batch ``measure`` forwards, plus its ``jax.jvp`` on the tuples' first
+  points.  ``kind="measure"``: ``linearity.measure``'s first and second
+  call, with the first call's compile stages and compilations counted.
+  The model's own ``init`` runs before any timer starts, in both.
+  """
+  jax.config.update("jax_enable_compilation_cache", False)
+  model, variables, images = first_call_model()
+  jax.block_until_ready(variables)
+  events = _CompileEvents()
+  if kind == "floor":
+    weights = len(linearity.DEFAULT_GRID)
+    t, shape = FIRST_CALL_TUPLES, FIRST_CALL_IMAGES[1:]
+
+    def forward(v, x):
+      return model.apply(v, x, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+
+    def jvp(v, x, dx):
+      return jax.jvp(lambda z: forward(v, z), (x,), (dx,))
+
+    big = jax.ShapeDtypeStruct((t * (1 + weights),) + shape, jnp.float32)
+    small = jax.ShapeDtypeStruct((t,) + shape, jnp.float32)
+    start = time.perf_counter()
+    jax.jit(forward).lower(variables, big).compile()
+    mid = time.perf_counter()
+    jax.jit(jvp).lower(variables, small, small).compile()
+    end = time.perf_counter()
+    return {"floor_s": end - start, "forward_compile_s": mid - start,
+            "jvp_compile_s": end - mid}
+  call = lambda: linearity.measure(model, variables, images,
+                                   num_tuples=FIRST_CALL_TUPLES,
+                                   apply_kwargs={"train": False})
+  events.active = True
+  start = time.perf_counter()
+  result = call()
+  first = time.perf_counter() - start
+  stages = events.take()
+  start = time.perf_counter()
+  call()
+  second = time.perf_counter() - start
+  stages_second = events.take()
+  return dict(stages, first_call_s=first, second_call_s=second,
+              second_call_compiles=stages_second["compiles"],
+              num_layers=len(result.layers))
+
+
+def _run_child(kind: str) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+  code = ("import json; from mixlin_jax import benchmark; "
+          f"print(json.dumps(benchmark.first_call_child({kind!r})))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True, env=env)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_first_call(repeats: int = 3) -> dict:
+  """``linearity.measure``'s first call against its compile floor.
+
+  Each measurement runs in a fresh process without JAX's persistent
+  compilation cache, so nothing is compiled beforehand; floor and measure
+  processes alternate, ``repeats`` times each, and each quantity keeps
+  its median (a loaded machine slows both alike).  The floor is the
+  compile of the model's forward with ``capture_intermediates`` plus its
+  JVP (what any linearity measurement of the model must compile); the
+  first call includes everything ``measure`` does (drawing the tuples,
+  tracing, compiling, running, the host transfer).
+  """
+  floors, measures = [], []
+  for _ in range(repeats):
+    floors.append(_run_child("floor"))
+    measures.append(_run_child("measure"))
+  median = lambda rows, key: float(np.median([r[key] for r in rows]))
+  row = {key: median(floors, key) for key in floors[0]}
+  row.update({key: median(measures, key) for key in measures[0]})
+  row["ratio"] = row["first_call_s"] / row["floor_s"]
+  row["repeats"] = repeats
+  row["num_tuples"] = FIRST_CALL_TUPLES
+  row["image_shape"] = list(FIRST_CALL_IMAGES[1:])
+  return row
+
+
+def format_first_call(row: dict) -> str:
+  """A Markdown table of :func:`time_first_call`'s row."""
+  return "\n".join([
+      "| layers | tuples | first call (s) | compile floor (s) | first call / floor | second call (s) | XLA compiles | XLA compile (s) | trace (s) |",
+      "|---|---|---|---|---|---|---|---|---|",
+      f"| {row['num_layers']:.0f} | {row['num_tuples']} | "
+      f"{row['first_call_s']:.2f} | {row['floor_s']:.2f} | "
+      f"{row['ratio']:.2f}x | {row['second_call_s']:.3f} | "
+      f"{row['compiles']:.0f} | {row['xla_compile_s']:.2f} | "
+      f"{row['trace_s']:.2f} |"])

@@ -652,3 +652,32 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
   result = namespace["result"]
   assert result.collapsed_layers == []
   assert set(result.table.metric) == set(L.METRICS)
+
+
+def test_first_call_traces_the_model_once_per_forward():
+  """measure()'s first call traces the model twice to validate its layers
+  (batches of 2 and 3) and once per forward it compiles (the JVP's and the
+  batched one): no trace for the scan's shapes, no forward of its own for
+  the batch-dependence check (each extra forward is as much XLA compile
+  time again as the model's own).  The previous evaluator traced it 8
+  times.  A second call compiles nothing."""
+  traces = []
+
+  class Traced(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      traces.append(x.shape[0])
+      x = nn.relu(nn.Dense(7, name="hidden")(x.reshape(x.shape[0], -1)))
+      return nn.Dense(3, name="head")(x)
+
+  images = _images()
+  model = Traced()
+  variables = model.init(jax.random.key(0), images[:1])
+  traces.clear()
+  first = L.measure(model, variables, images, **SMALL)
+  assert sorted(traces)[:2] == [2, 3] and len(traces) == 4, traces
+  with helpers.LoweringCounter() as lowerings:
+    again = L.measure(model, variables, images, **SMALL)
+  assert lowerings.count == 0
+  assert again.record == first.record

@@ -2,7 +2,7 @@
 
 One jitted computation per call: a ``lax.scan`` over tuple batches that
 gathers the tuple images on device, runs the metrics' core
-(:func:`~mixlin_jax.linearity.metrics.tuple_values`) and merges (count,
+(:func:`~mixlin_jax.linearity.metrics.stacked_tuple_values`) and merges (count,
 mean, M2) per metric, layer and weight, leaving out degenerate tuples; one
 host transfer per call.  The jitted function is module level with the model
 as a static argument that compares by value, so every evaluator (and every
@@ -27,7 +27,7 @@ from mixlin_jax.linearity.metrics import (
     METRICS,
     check_metrics,
     forward_points,
-    tuple_values,
+    stacked_tuple_values,
 )
 from mixlin_jax.linearity.sampling import (
     DEFAULT_GRID,
@@ -121,12 +121,51 @@ def _constrain(batch_sharding):
   )
 
 
+def _rows_per_metric(metrics, num_weights, num_path):
+  """Rows of each metric's statistics: one per weight vector, except the
+  tangent residual for K > 2, one per path parameter (``num_path``)."""
+  return {
+      m: num_path if (m == "tangent_residual" and num_path) else num_weights
+      for m in metrics
+  }
+
+
+def _stacked(out, layers):
+  """A batch's values and masks of every (metric, layer) as four arrays,
+  rows ordered by metric, then layer, then weight.
+
+  ``out``: :func:`~mixlin_jax.linearity.metrics.stacked_tuple_values`.
+  Returns ``(values (S, B), degenerate (S, B), degenerate at one row or
+  more (M * L, B), tuple degenerate (L, B))``.  Merging and finishing the
+  statistics of these costs a handful of XLA kernels; kept as one leaf per
+  (metric, layer), they were hundreds of tiny kernels, and most of a first
+  call's compile time.
+  """
+  traced = tuple(name for name, _, _ in out["layers"])
+  if traced != tuple(layers):  # the host splits the rows by ``layers``
+    raise ValueError(
+        f"internal: layers traced {traced} differ from those bound {layers}"
+    )
+  values, masks, any_rows = [], [], []
+  for m, v in out["values"].items():  # v: (L, R, B)
+    d = out["degenerate"][m]  # (L, B) or (L, R, B)
+    values.append(v.reshape((-1, v.shape[-1])).astype(jnp.float32))
+    if d.ndim == 2:
+      d = d[:, None]
+    masks.append(jnp.broadcast_to(d, v.shape).reshape(values[-1].shape))
+    # A tuple left out at one path parameter or more counts once.
+    any_rows.append(jnp.any(d, axis=1))
+  cat = lambda a: a[0] if len(a) == 1 else jnp.concatenate(a, axis=0)
+  return cat(values), cat(masks), cat(any_rows), out["tuple_degenerate"]
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
         "reps",
         "preprocess",
         "metrics",
+        "layers",
         "logits_layers",
         "degenerate_rtol",
         "batch_sharding",
@@ -144,14 +183,27 @@ def _evaluate(
     reps,
     preprocess,
     metrics,
+    layers,
     logits_layers,
     degenerate_rtol,
     batch_sharding,
     replicated,
 ):
-  """All tuple batches in one ``lax.scan``; statistics stay on device."""
+  """All tuple batches in one ``lax.scan``; statistics stay on device.
+
+  The statistics of every (metric, layer, weight) are rows of one array
+  (see :func:`_stacked`), split by the host in the order of ``layers``;
+  their shapes are known from the static arguments, so the model is traced
+  once (in the scan body), not a second time for the carry's shapes.
+  """
   constrain = _constrain(batch_sharding)
   _, B, K = tuples.shape
+  # With the tangent residual, batch dependence is checked inside the
+  # forwards the metrics run anyway (see ``forward_points``): a forward of
+  # its own costs as much XLA compile time as the model's forward.
+  probe_rows = 0
+  if "tangent_residual" in metrics:
+    probe_rows = 1 if batch_sharding is None else batch_sharding.mesh.size
 
   def batch_values(idx):
     idx = idx.reshape(-1)
@@ -161,7 +213,7 @@ def _evaluate(
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    out = tuple_values(
+    out = stacked_tuple_values(
         reps,
         variables,
         x,
@@ -171,78 +223,51 @@ def _evaluate(
         logits_layers=logits_layers,
         degenerate_rtol=degenerate_rtol,
         constrain=constrain,
+        probe_rows=probe_rows,
     )
-    del out["layers"]
-    return out
+    return _stacked(out, layers), out["batch_dependence"]
 
-  shapes = jax.eval_shape(batch_values, tuples[0])
-  init = {
-      "stats": jax.tree.map(
-          lambda s: (
-              jnp.zeros(s.shape[:1], jnp.float32),
-              jnp.zeros(s.shape[:1], jnp.float32),
-              jnp.zeros(s.shape[:1], jnp.float32),
-          ),
-          shapes["values"],
-      ),
-      "degenerate": jax.tree.map(
-          lambda s: jnp.zeros((), jnp.int32), shapes["degenerate"]
-      ),
-      "tuple_degenerate": jax.tree.map(
-          lambda s: jnp.zeros((), jnp.int32), shapes["tuple_degenerate"]
-      ),
-  }
-  is_stats = lambda v: isinstance(v, tuple)
+  rows = _rows_per_metric(
+      metrics, weights.shape[0], 0 if tangent_t is None else tangent_t.shape[0]
+  )
+  num_rows = len(layers) * sum(rows.values())
+  zeros = jnp.zeros((num_rows,), jnp.float32)
+  init = (
+      (zeros, zeros, zeros),
+      jnp.zeros((len(metrics) * len(layers),), jnp.int32),
+      jnp.zeros((len(layers),), jnp.int32),
+      jnp.zeros((), jnp.float32),
+  )
 
   def body(carry, inp):
+    (n, mean, m2), degenerate, tuple_degenerate, dependence = carry
     idx, valid = inp
-    out = batch_values(idx)
-    stats = jax.tree.map(
-        lambda s, v, d: _merge_stats(*s, v, valid & ~d),
-        carry["stats"],
-        out["values"],
-        out["degenerate"],
-        is_leaf=is_stats,
-    )
-    count = lambda c, d: c + jnp.sum(valid & d, dtype=jnp.int32)
-    # A tuple left out at one path parameter or more counts once.
-    any_row = lambda d: d if d.ndim == 1 else jnp.any(d, axis=0)
-    return {
-        "stats": stats,
-        "degenerate": jax.tree.map(
-            lambda c, d: count(c, any_row(d)),
-            carry["degenerate"],
-            out["degenerate"],
-        ),
-        "tuple_degenerate": jax.tree.map(
-            count, carry["tuple_degenerate"], out["tuple_degenerate"]
-        ),
-    }, None
+    (values, masks, any_rows, tuple_deg), batch_dep = batch_values(idx)
+    count = lambda c, d: c + jnp.sum(valid & d, axis=-1, dtype=jnp.int32)
+    if batch_dep is not None:
+      dependence = jnp.maximum(dependence, batch_dep)
+    return (
+        _merge_stats(n, mean, m2, values, valid & ~masks),
+        count(degenerate, any_rows),
+        count(tuple_degenerate, tuple_deg),
+        dependence,
+    ), None
 
   final, _ = lax.scan(body, init, (tuples, mask))
-  stats = final["stats"]
-  n = jax.tree.map(lambda s: s[0], stats, is_leaf=is_stats)
+  (n, mean, m2), degenerate, tuple_degenerate, dependence = final
+  if not probe_rows:
+    dependence = _batch_dependence(reps, variables, images, tuples, preprocess)
   # Mean over no tuple is undefined (NaN); so is the stderr = std(ddof=1) /
   # sqrt(n) of fewer than two.
-  mean = jax.tree.map(
-      lambda s: jnp.where(s[0] > 0, s[1], jnp.nan), stats, is_leaf=is_stats
-  )
-  stderr = jax.tree.map(
-      lambda s: jnp.where(
-          s[0] > 1, jnp.sqrt(s[2] / jnp.maximum(s[0] - 1, 1.0) / s[0]), jnp.nan
-      ),
-      stats,
-      is_leaf=is_stats,
-  )
   result = {
       "count": n,
-      "mean": mean,
-      "stderr": stderr,
-      "degenerate": final["degenerate"],
-      "tuple_degenerate": final["tuple_degenerate"],
-      "batch_dependence": _batch_dependence(
-          reps, variables, images, tuples, preprocess
+      "mean": jnp.where(n > 0, mean, jnp.nan),
+      "stderr": jnp.where(
+          n > 1, jnp.sqrt(m2 / jnp.maximum(n - 1, 1.0) / n), jnp.nan
       ),
+      "degenerate": degenerate,
+      "tuple_degenerate": tuple_degenerate,
+      "batch_dependence": dependence,
   }
   if replicated is not None:
     result = lax.with_sharding_constraint(result, replicated)
@@ -283,7 +308,7 @@ def _forward_floor(
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    _, h, r, jd, hp, _ = forward_points(
+    _, h, r, jd, hp, _, _ = forward_points(
         reps, variables, x, weights, tangent_t, metrics, constrain
     )
     for group in (h, r, jd, hp):
@@ -479,6 +504,7 @@ class LinearityEvaluator:
     self._run = _Program(
         _evaluate,
         **static,
+        layers=names,
         logits_layers=self.logits_layers,
         degenerate_rtol=self.degenerate_rtol,
         batch_sharding=self._batch_sharding,
@@ -569,22 +595,31 @@ class LinearityEvaluator:
     if "tangent_residual" in self.metrics:
       out["tangent_t"] = self.tangent_t.astype(float).tolist()
     out["num_tuples"] = self.num_tuples
-    for m in self.metrics:
+    rows = _rows_per_metric(
+        self.metrics,
+        len(self.weights),
+        len(self.tangent_t) if self.num_points > 2 else 0,
+    )
+    start = 0
+    for i, m in enumerate(self.metrics):
       out[m] = {}
-      for name in self.layers:
-        left_out = int(stats["degenerate"][m][name])
+      for j, name in enumerate(self.layers):
+        sl = slice(start, start + rows[m])  # the rows of (m, name)
+        start = sl.stop
+        left_out = int(stats["degenerate"][i * len(self.layers) + j])
         out[m][name] = {
-            "mean": np.asarray(stats["mean"][m][name], np.float64).tolist(),
-            "stderr": np.asarray(stats["stderr"][m][name], np.float64).tolist(),
+            "mean": np.asarray(stats["mean"][sl], np.float64).tolist(),
+            "stderr": np.asarray(stats["stderr"][sl], np.float64).tolist(),
             "count": self.num_tuples - left_out,
             "degenerate": left_out,
         }
         if m == "tangent_residual":  # kept tuples differ from t to t
           out[m][name]["count_per_weight"] = [
-              int(c) for c in stats["count"][m][name]
+              int(c) for c in stats["count"][sl]
           ]
     out["degenerate"] = {
-        name: int(stats["tuple_degenerate"][name]) for name in self.layers
+        name: int(stats["tuple_degenerate"][j])
+        for j, name in enumerate(self.layers)
     }
     out["collapsed_layers"] = [
         name

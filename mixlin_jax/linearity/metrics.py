@@ -136,6 +136,7 @@ __all__ = [
     "forward_points",
     "naive_per_tuple_metrics",
     "per_tuple_metrics",
+    "stacked_tuple_values",
     "tuple_values",
 ]
 
@@ -233,29 +234,21 @@ def _log_probs(flat, shape):
   return jax.nn.log_softmax(full, axis=-1).reshape(flat.shape)
 
 
-def _layer_values(
-    h, r, jd, hp, *, weights, tangent_t, metrics, rtol, shape, log_probs
-):
-  """Metrics of one layer.
+def _layer_sums(h, r, jd, hp, *, weights, tangent_t, metrics, shape, log_probs):
+  """The reductions over one layer's features that the metrics need.
 
   h: (T, K, D) originals; r: (W, T, D) mixtures (or None); jd: (T, D) JVP
-  at x_1 (or None); hp: (G, T, D) path points (or None).
-  Returns ``({metric: (W or G, T)}, {metric: (T,) degenerate}, (T,)
-  degenerate over all K points)``; the tangent residual's degenerate mask is
-  ``(W or G, T)``: a tuple whose path end points coincide, or a path point
-  indistinguishable from ``x_1`` (see the module docstring).
+  at x_1 (or None); hp: (G, T, D) path points (or None).  Returns ``{"hn":
+  (T, K) squared norms, "pair": (T, P) squared pairwise distances (i < j)}``
+  and, as needed, ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``,
+  ``"gap2"`` the squared raw gap (W, T), and the tangent residual's
+  ``"residual"``, ``"displacement"``, ``"path"`` (W or G, T).  Everything
+  after these sums is the same arithmetic for every layer, done once on
+  all layers stacked (:func:`_values_from_sums`).
   """
   K = h.shape[1]
-  hn = _sqnorm(h)  # (T, K)
   pi, pj = _pair_indices(K)
-  pair = _sqnorm(h[:, pi] - h[:, pj])  # (T, P), i < j
-  spread = jnp.sum(pair, axis=-1) / (K * K)  # mean_i ||h_i - hbar||^2
-  tuple_degenerate = spread <= rtol * jnp.mean(hn, axis=-1)
-  if K == 2:
-    pair_degenerate = tuple_degenerate
-  else:  # pair (0, 1) is the first column of the i < j enumeration
-    pair_degenerate = pair[:, 0] / 4 <= rtol * 0.5 * (hn[:, 0] + hn[:, 1])
-  out, degenerate = {}, {}
+  sums = {"hn": _sqnorm(h), "pair": _sqnorm(h[:, pi] - h[:, pj])}
   h1 = h[:, 0]  # (T, D)
   t = None if tangent_t is None else tangent_t[:, None, None]
   tangent_on_mixtures = r is not None and jd is not None and K == 2
@@ -271,12 +264,61 @@ def _layer_values(
           displacement=jnp.square(diff),
           path=jnp.square(r),
       )
-    sums = _sums_over_last_axis(terms)
-    num = sums["num"]  # (W, T)
-    second = jnp.einsum("wk,tk->wt", weights, hn, precision=_HIGHEST)
+    sums.update(_sums_over_last_axis(terms))
+    if "raw_gap" in metrics:
+      if log_probs:
+        lh = _log_probs(h, shape)
+        sums["gap2"] = _sqnorm(_log_probs(r, shape) - _mix(weights, lh))
+      else:
+        sums["gap2"] = sums["num"]
+  if jd is not None and not tangent_on_mixtures:
+    diff = hp - h1[None]  # (G, T, D)
+    sums.update(
+        _sums_over_last_axis(
+            {
+                "residual": jnp.square(diff - t * jd[None]),
+                "displacement": jnp.square(diff),
+                "path": jnp.square(hp),
+            }
+        )
+    )
+  return sums
+
+
+def _values_from_sums(sums, *, weights, metrics, rtol):
+  """Metrics of all layers at once from their stacked :func:`_layer_sums`.
+
+  ``sums``: the per-layer sums with a leading layer axis L; ``rtol``: (L,)
+  degeneracy thresholds.  Returns ``({metric: (L, W or G, T)}, {metric:
+  (L, T) degenerate}, (L, T) degenerate over all K points)``; the tangent
+  residual's degenerate mask is ``(L, W or G, T)``: a tuple whose path end
+  points coincide, or a path point indistinguishable from ``x_1`` (see the
+  module docstring).  One set of small element-wise kernels for every
+  layer, not one per layer: on a first call, XLA's compile time grows with
+  the number of kernels, and per-layer arithmetic was most of them.
+  """
+  hn, pair = sums["hn"], sums["pair"]  # (L, T, K), (L, T, P)
+  K = hn.shape[-1]
+  pi, pj = _pair_indices(K)
+  rtol = jnp.asarray(rtol, jnp.float32)[:, None]  # (L, 1)
+  spread = jnp.sum(pair, axis=-1) / (K * K)  # mean_i ||h_i - hbar||^2
+  tuple_degenerate = spread <= rtol * jnp.mean(hn, axis=-1)
+  if K == 2:
+    pair_degenerate = tuple_degenerate
+  else:  # pair (0, 1) is the first column of the i < j enumeration
+    pair_degenerate = pair[..., 0] / 4 <= rtol * 0.5 * (
+        hn[..., 0] + hn[..., 1]
+    )
+  out, degenerate = {}, {}
+  if "num" in sums:
+    num = sums["num"]  # (L, W, T)
+    second = jnp.einsum("wk,ltk->lwt", weights, hn, precision=_HIGHEST)
     if "interp_error" in metrics:
       den = jnp.einsum(
-          "wp,tp->wt", weights[:, pi] * weights[:, pj], pair, precision=_HIGHEST
+          "wp,ltp->lwt",
+          weights[:, pi] * weights[:, pj],
+          pair,
+          precision=_HIGHEST,
       )
       out["interp_error"] = _safe_ratio(num, den, second)
       degenerate["interp_error"] = tuple_degenerate
@@ -284,36 +326,23 @@ def _layer_values(
       out["relative_error"] = _safe_ratio(num, sums["mixture"], second)
       degenerate["relative_error"] = tuple_degenerate
     if "raw_gap" in metrics:
-      if log_probs:
-        lh = _log_probs(h, shape)
-        gap2 = _sqnorm(_log_probs(r, shape) - _mix(weights, lh))
-      else:
-        gap2 = num
-      out["raw_gap"] = jnp.sqrt(gap2)
+      out["raw_gap"] = jnp.sqrt(sums["gap2"])
       degenerate["raw_gap"] = jnp.zeros_like(tuple_degenerate)
-  if jd is not None:
-    if not tangent_on_mixtures:
-      diff = hp - h1[None]  # (G, T, D)
-      sums = _sums_over_last_axis(
-          {
-              "residual": jnp.square(diff - t * jd[None]),
-              "displacement": jnp.square(diff),
-              "path": jnp.square(hp),
-          }
-      )
-    scale = _sqnorm(h1)[None] + sums["path"]
+  if "tangent_residual" in metrics:
+    scale = hn[:, None, :, 0] + sums["path"]  # ||h(x_1)||^2 + ||h(x(t))||^2
     out["tangent_residual"] = _safe_ratio(
         sums["residual"], sums["displacement"], scale
     )
     # The degenerate-tuple rule applied to the pair (x_1, x(t)): spread
     # ||h(x(t)) - h(x_1)||^2 / 4 <= rtol * (||h(x_1)||^2 + ||h(x(t))||^2) / 2.
-    step_degenerate = sums["displacement"] <= 2.0 * rtol * scale
-    degenerate["tangent_residual"] = pair_degenerate[None] | step_degenerate
+    step_degenerate = sums["displacement"] <= 2.0 * rtol[:, None] * scale
+    degenerate["tangent_residual"] = pair_degenerate[:, None] | step_degenerate
   return out, degenerate, tuple_degenerate
 
 
 def forward_points(
-    reps, variables, x, weights, tangent_t, metrics, constrain=None
+    reps, variables, x, weights, tangent_t, metrics, constrain=None, *,
+    probe_rows=0
 ):
   """Every forward pass the metrics need, as few and as batched as possible.
 
@@ -323,11 +352,21 @@ def forward_points(
   tangent path points share one batched forward with the other originals.
   This is the floor the benchmark compares the metrics against.
 
-  Returns ``(layers, h, r, jd, hp, t_vals)``: ``layers`` a tuple of
+  ``probe_rows`` > 0 (only with the tangent residual, whose JVP is a
+  forward of its own) appends that many copies of the first tuple's
+  ``x_1`` to the last rows of the other forward: the same example,
+  computed in two batches of different sizes and contents, at the first
+  and at the last position, tells whether an example's representations
+  depend on the rest of its batch (BatchNorm in training mode, dropout)
+  without compiling a forward of its own for the check.  A multiple of
+  the number of devices keeps a sharded batch divisible.
+
+  Returns ``(layers, h, r, jd, hp, t_vals, again)``: ``layers`` a tuple of
   ``(name, trailing shape, dtype)`` in network order; ``h[l]`` ``(T, K, D)``,
   ``r[l]`` ``(W, T, D)`` or None, ``jd[l]`` ``(T, D)`` or None, ``hp[l]``
   ``(G, T, D)`` or None (float32, flattened per example); ``t_vals`` the
-  path parameters of ``hp``.
+  path parameters of ``hp``; ``again[l]`` ``(D,)`` the last appended copy
+  of ``x_1`` (compare with ``h[l][0, 0]``), or None without probe rows.
   """
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
@@ -341,6 +380,8 @@ def forward_points(
       m in metrics for m in ("interp_error", "relative_error", "raw_gap")
   )
   want_tan = "tangent_residual" in metrics
+  if probe_rows and not want_tan:
+    raise ValueError("probe_rows needs the tangent residual's JVP forward")
   layers: list = []  # filled at trace time by the first forward
 
   def acts(z):
@@ -379,11 +420,16 @@ def forward_points(
     shape_t = (G,) + (1,) * (x.ndim - 1)
     xp = x1[None] + tt.reshape(shape_t) * (x[:, 1] - x1)[None]  # (G, T, ...)
     pieces.append(xp.reshape((G * T,) + in_shape))
+  if probe_rows:
+    pieces.append(jnp.broadcast_to(x1[:1], (probe_rows,) + in_shape))
   sizes = [p.shape[0] for p in pieces]
   z = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
   hz = acts(z)
   offsets = np.cumsum([0] + sizes)
   parts = [tuple(a[s:e] for a in hz) for s, e in zip(offsets[:-1], offsets[1:])]
+  again = None
+  if probe_rows:
+    again = tuple(a[-1] for a in parts.pop())
   orig = parts.pop(0)
   if want_tan:
     h = tuple(
@@ -400,7 +446,87 @@ def forward_points(
     else:
       hp = tuple(a.reshape(G, T, -1) for a in parts.pop(0))
       t_vals = jnp.asarray(tangent_t, jnp.float32)
-  return tuple(layers), h, r if want_mix else None, jd, hp, t_vals
+  return tuple(layers), h, r if want_mix else None, jd, hp, t_vals, again
+
+
+def stacked_tuple_values(
+    reps,
+    variables,
+    x,
+    weights,
+    tangent_t,
+    metrics,
+    *,
+    logits_layers=(),
+    degenerate_rtol=DEGENERATE_RTOL,
+    constrain=None,
+    probe_rows=0,
+) -> dict:
+  """Traceable core: :func:`tuple_values` with a leading layer axis.
+
+  Returns ``{"layers": ((name, shape, dtype), ...), "values": {metric: (L,
+  R, T)}, "degenerate": {metric: (L, T) bool, the tangent residual's (L, R,
+  T)}, "tuple_degenerate": (L, T) bool, "batch_dependence": () or None}``,
+  layers in network order.  Only the reductions over each layer's features
+  are per layer; what follows them is computed once for all layers (fewer
+  kernels to compile).  With ``probe_rows`` (see :func:`forward_points`),
+  ``batch_dependence`` is the largest relative difference, over layers, of
+  the first tuple's ``x_1`` computed in the JVP's batch and again in the
+  other forward's; else None.
+  """
+  layers, h, r, jd, hp, t_vals, again = forward_points(
+      reps,
+      variables,
+      x,
+      weights,
+      tangent_t,
+      metrics,
+      constrain,
+      probe_rows=probe_rows,
+  )
+  weights = jnp.asarray(weights, jnp.float32)
+  per_layer = [
+      _layer_sums(
+          h[i],
+          None if r is None else r[i],
+          None if jd is None else jd[i],
+          None if hp is None else hp[i],
+          weights=weights,
+          tangent_t=t_vals,
+          metrics=metrics,
+          shape=shape,
+          log_probs=name in logits_layers,
+      )
+      for i, (name, shape, dtype) in enumerate(layers)
+  ]
+  sums = {k: jnp.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+  rtol = np.asarray(
+      [degenerate_rtol_for(dtype, degenerate_rtol) for _, _, dtype in layers],
+      np.float32,
+  )
+  values, degenerate, tuple_degenerate = _values_from_sums(
+      sums, weights=weights, metrics=metrics, rtol=rtol
+  )
+  return {
+      "layers": layers,
+      "values": {m: values[m] for m in metrics},
+      "degenerate": {m: degenerate[m] for m in metrics},
+      "tuple_degenerate": tuple_degenerate,
+      "batch_dependence": None if again is None else _relative_difference(
+          [a[0, 0] for a in h], again
+      ),
+  }
+
+
+def _relative_difference(first, again):
+  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0)."""
+  worst = jnp.zeros((), jnp.float32)
+  for a, b in zip(first, again):
+    rel = jnp.sqrt(
+        jnp.sum(jnp.square(b - a)) / jnp.maximum(jnp.sum(jnp.square(a)), 1e-30)
+    )
+    worst = jnp.maximum(worst, rel)
+  return worst
 
 
 def tuple_values(
@@ -437,35 +563,24 @@ def tuple_values(
     module docstring).  Values of degenerate tuples are finite but
     meaningless: mask them.
   """
-  layers, h, r, jd, hp, t_vals = forward_points(
-      reps, variables, x, weights, tangent_t, metrics, constrain
+  out = stacked_tuple_values(
+      reps,
+      variables,
+      x,
+      weights,
+      tangent_t,
+      metrics,
+      logits_layers=logits_layers,
+      degenerate_rtol=degenerate_rtol,
+      constrain=constrain,
   )
-  weights = jnp.asarray(weights, jnp.float32)
-  values = {m: {} for m in metrics}
-  degenerate = {m: {} for m in metrics}
-  tuple_degenerate = {}
-  for i, (name, shape, dtype) in enumerate(layers):
-    out, deg, tdeg = _layer_values(
-        h[i],
-        None if r is None else r[i],
-        None if jd is None else jd[i],
-        None if hp is None else hp[i],
-        weights=weights,
-        tangent_t=t_vals,
-        metrics=metrics,
-        rtol=degenerate_rtol_for(dtype, degenerate_rtol),
-        shape=shape,
-        log_probs=name in logits_layers,
-    )
-    for m in metrics:
-      values[m][name] = out[m]
-      degenerate[m][name] = deg[m]
-    tuple_degenerate[name] = tdeg
+  names = [name for name, _, _ in out["layers"]]
+  split = lambda a: {name: a[i] for i, name in enumerate(names)}
   return {
-      "layers": layers,
-      "values": values,
-      "degenerate": degenerate,
-      "tuple_degenerate": tuple_degenerate,
+      "layers": out["layers"],
+      "values": {m: split(v) for m, v in out["values"].items()},
+      "degenerate": {m: split(d) for m, d in out["degenerate"].items()},
+      "tuple_degenerate": split(out["tuple_degenerate"]),
   }
 
 
