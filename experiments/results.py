@@ -21,7 +21,7 @@ from mixlin_jax import cli
 
 _STUDIES = flags.DEFINE_string("studies", "docs/studies", "Folder of study folders.")
 _README = flags.DEFINE_string("readme", "README.md", "The README (its summary table is updated).")
-_PAGE = flags.DEFINE_string("page", "docs/results.md", "The results page (its per-study sections are updated).")
+_PAGE = flags.DEFINE_string("page", "docs/results.md", "The results page (its per-dataset sections are updated).")
 _CHECK = flags.DEFINE_bool("check", False, "Compare instead of writing; exit 1 on any difference.")
 
 
@@ -46,10 +46,12 @@ def main(argv):
     print(f"not a result yet, left out: {folder} (unfinished: "
           f"{', '.join(runs)})")
   links = [os.path.relpath(os.path.abspath(f), page_dir) for f in folders]
+  progress = results.standing_progress(_STUDIES.value, page_dir)
   with cli.user_errors_reported():
     readme, page = _read(_README.value), _read(_PAGE.value)
     if not _CHECK.value:
-      new_readme, new_page, _ = results.regenerate(folders, links, readme, page)
+      new_readme, new_page, _ = results.regenerate(folders, links, readme, page,
+                                                    progress)
       for path, text in ((_README.value, new_readme), (_PAGE.value, new_page)):
         with open(path, "w") as f:
           f.write(text)
@@ -64,7 +66,8 @@ def main(argv):
         shutil.copytree(os.path.join(folder, "runs"), os.path.join(copy, "runs"),
                         ignore=shutil.ignore_patterns("checkpoints", "log.txt"))
         copies.append(copy)
-      new_readme, new_page, _ = results.regenerate(copies, links, readme, page)
+      new_readme, new_page, _ = results.regenerate(copies, links, readme, page,
+                                                  progress)
       for path, old, new in ((_README.value, readme, new_readme),
                              (_PAGE.value, page, new_page)):
         if new != old:

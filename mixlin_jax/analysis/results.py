@@ -4,17 +4,20 @@ Every number there comes from a study folder under ``docs/studies/`` (its
 runs' ``config.json`` and ``metrics.jsonl``): ``python
 experiments/results.py`` first re-aggregates every study (tables, figures,
 ``claims.md``), then rewrites, each between two marker lines, the README's
-cross-study table of verdicts and the results page's (``docs/results.md``)
-section per study, so neither can drift from the code or the data.
+cross-dataset table of verdicts and the results page's (``docs/results.md``)
+section per dataset, so neither can drift from the code or the data.
+:data:`DATASETS` declares which study stands for each dataset; the
+others are shown as superseded, with the declared reason.
 ``--check`` regenerates into a scratch copy and fails if anything
 committed differs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from mixlin_jax import studies
 from mixlin_jax import workdir as workdir_lib
@@ -79,14 +82,253 @@ def logged_hours(agg: study_lib.Aggregate) -> float:
   return total / 3600
 
 
-def study_markdown(agg: study_lib.Aggregate, folder_link: str) -> str:
-  """One study's part of the Results section."""
+REGIMES = ("erm", "supmix2", "mix2", "mix3")
+STUDIES_DIR = "docs/studies"  # where the commands below write, from the repository root
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """One dataset of the results and the study that stands for it.
+
+  ``key`` is the runs' ``data.dataset``; ``standing`` the study folder (under
+  ``docs/studies/``) whose verdicts the cross-dataset table shows, None where
+  no study can be run here; ``superseded`` the dataset's other committed
+  studies and why they no longer count; ``config``, ``source`` and ``seeds``
+  the standing study's command (shown where it has no result yet; its
+  regimes are :data:`REGIMES`), and so the number of runs it plans;
+  ``no_data`` the reason there is no study at all, ``download`` where the
+  public files are, ``prepare`` the command that makes the array file from
+  them, and ``scale`` what the config trains (the reader's cost estimate).
+  """
+  key: str
+  title: str
+  standing: str | None
+  config: str
+  seeds: tuple[int, ...] = (0, 1, 2)
+  source: str | None = None
+  superseded: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  no_data: str | None = None
+  download: str | None = None
+  prepare: str | None = None
+  scale: str = ""
+  out: str | None = None  # the command's study folder, where not ``standing``
+
+  @property
+  def planned_runs(self) -> int:
+    return len(REGIMES) * len(self.seeds)
+
+  def study_command(self) -> str:
+    source = (f" --config.data.source={self.source}" if self.source else "")
+    return (f"python experiments/study.py --config={self.config}{source} "
+            f"--regimes={','.join(REGIMES)} "
+            f"--seeds={','.join(str(s) for s in self.seeds)} "
+            f"--out={STUDIES_DIR}/{self.out or self.standing}")
+
+
+BEFORE_PRECONDITION = "tested before the precondition held"
+
+DATASETS = (
+    Dataset("digits", "digits", standing="digits", config="configs/default.py",
+            seeds=(0, 1, 2, 3, 4),
+            superseded={"digits_12ep": BEFORE_PRECONDITION}),
+    Dataset("cifar10", "CIFAR-10", standing="cifar10_cpu",
+            config="configs/cifar10_cpu_study.py", source="data/cifar10.npz",
+            superseded={"cifar10_cpu_12ep": BEFORE_PRECONDITION}),
+    Dataset("cifar100", "CIFAR-100", standing="cifar100_cpu",
+            config="configs/cifar100_cpu_study.py",
+            source="data/cifar100.npz"),
+    Dataset("svhn_cropped", "SVHN", standing=None,
+            config="configs/svhn_mix2.py", source="data/svhn.npz",
+            no_data="no copy of SVHN is available here",
+            download=("the public `.mat` files of "
+                      "http://ufldl.stanford.edu/housenumbers/ (format 2, "
+                      "cropped digits: `train_32x32.mat`, `test_32x32.mat`)"),
+            scale="WRN-28-2, 1,000 labels, 100 epochs: a GPU's job",
+            prepare=("python experiments/make_array_file.py svhn_cropped "
+                     "--from=DIR_WITH_MAT_FILES --out=data/svhn.npz"),
+            out="svhn"),
+)
+"""Which committed study stands for each dataset in the cross-dataset table,
+in the order the results show them.
+
+Declared rather than guessed from folder names.  The 12-epoch studies
+(``*_12ep``) are kept as history: they tested the claims before the
+precondition held (mixup as a consistency loss had not yet beaten ERM), so
+their (b)/(c) verdicts describe an undertrained consistency loss; the
+longer studies, with schedules chosen by their pilots, stand instead.
+CIFAR-100's study runs at CIFAR-10's CPU scale and counts once every run it
+plans has finished.  SVHN has no standing study, since no copy of its data
+is here; once its command has run, name its folder here.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """A standing study's folder as it is on disk, for a dataset whose study
+  has no result yet: how many of its runs have finished, and the link to
+  its pilot (``pilot.md``) if it has one."""
+  finished: int
+  pilot: str | None = None
+
+
+def standing_progress(root: str, page_dir: str,
+                      datasets: Sequence[Dataset] = DATASETS
+                      ) -> dict[str, Progress]:
+  """Dataset key -> :class:`Progress` of its standing study folder under
+  ``root``, for those that exist.  Read from the real folders (``--check``
+  aggregates copies of the finished studies only), links relative to
+  ``page_dir``."""
+  out = {}
+  for ds in datasets:
+    folder = os.path.join(root, ds.standing or "")
+    if ds.standing is None or not os.path.isdir(folder):
+      continue
+    finished = sum(studies.run_status(folder, s).finished
+                   for s in studies.existing_runs(folder))
+    pilot = os.path.join(folder, "pilot.md")
+    out[ds.key] = Progress(finished, os.path.relpath(pilot, page_dir)
+                           if os.path.exists(pilot) else None)
+  return out
+
+
+def _finished_runs(agg: study_lib.Aggregate) -> int:
+  return sum(st.finished for st in agg.data.statuses)
+
+
+def _study_name(agg: study_lib.Aggregate) -> str:
+  return os.path.basename(os.path.normpath(agg.data.out))
+
+
+def _dataset_of(agg: study_lib.Aggregate) -> str:
+  return str(agg.data.config.get("data.dataset"))
+
+
+def standing_result(ds: Dataset, aggs: Sequence[study_lib.Aggregate]
+                    ) -> study_lib.Aggregate | None:
+  """The aggregate of ``ds``'s standing study, or None while it has no
+  result: no such study, or fewer finished runs than it plans (a study
+  stopped between runs holds finished runs only, yet misses regimes)."""
+  agg = next((a for a in aggs if _study_name(a) == ds.standing), None)
+  if agg is not None and _dataset_of(agg) != ds.key:
+    raise ResultsError(
+        f"study {ds.standing} stands for {ds.key} in results.DATASETS but "
+        f"its runs are on {_dataset_of(agg)}")
+  if agg is None or _finished_runs(agg) < ds.planned_runs:
+    return None
+  return agg
+
+
+def no_result(ds: Dataset, aggs: Sequence[study_lib.Aggregate],
+              progress: Mapping[str, Progress]) -> str:
+  """What the table says for a dataset without a result."""
+  if ds.standing is None:
+    return "not run (no data)"
+  if ds.key in progress:
+    finished = progress[ds.key].finished
+  else:
+    agg = next((a for a in aggs if _study_name(a) == ds.standing), None)
+    if agg is None:
+      return "not run yet"
+    finished = _finished_runs(agg)
+  return f"in progress ({finished}/{ds.planned_runs} runs)"
+
+
+def _interval_side(low: float, high: float) -> str:
+  if not (math.isfinite(low) and math.isfinite(high)):
+    return "no interval"
+  if low > 0:
+    return "above 0"
+  return "below 0" if high < 0 else "interval covers 0"
+
+
+def study_rows(agg: study_lib.Aggregate) -> list[tuple[str, str, str, str]]:
+  """One study's headline results: ``(row key, row label, cell, verdict)``
+  per precondition, claim and regime, and (K) pair; ``verdict`` is what is
+  compared across datasets (for (K), descriptive, which side of 0 the
+  interval lies)."""
+  rows = []
+  for p in agg.precondition:
+    if p["applies"]:
+      word = "holds" if p["holds"] else "fails"
+      rows.append((f"precondition {p['regime']}",
+                   f"precondition: {p['regime']} ends above {agg.baseline}",
+                   word, word))
+  for v in agg.verdicts:
+    key = f"({v['claim']}) {v['regime']}"
+    word = ("not tested" if v["verdict"] == claims_lib.NOT_TESTED
+            else v["verdict"])
+    rows.append((key, key, word, word))
+  k_pairs = agg.convergence_paired[
+      agg.convergence_paired["quantity"] == "epochs_to_baseline_final"]
+  for r in k_pairs[k_pairs["reference"] != agg.baseline].itertuples():
+    rows.append((f"(K) {r.regime} - {r.reference}",
+                 f"(K) {r.regime} - {r.reference}: epochs to "
+                 f"{agg.baseline}'s final accuracy",
+                 f"{_fmt(r.mean_diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+                 _interval_side(r.ci_low, r.ci_high)))
+  return rows
+
+
+def agreement(verdicts: Mapping[str, str]) -> str:
+  """The "datasets agree?" cell: ``verdicts`` maps each dataset with a
+  result for the row (datasets not run left out) to its verdict.  A claim
+  not tested on a dataset (its precondition failed) is no verdict either:
+  it is left out of the comparison and named."""
+  untested = [d for d, v in verdicts.items() if v == "not tested"]
+  tested = {d: v for d, v in verdicts.items() if v != "not tested"}
+  note = f" (not tested on {', '.join(untested)})" if untested else ""
+  if not tested:
+    return "not tested" if untested else "-"
+  if len(tested) == 1:
+    return "one dataset only" + note
+  if len(set(tested.values())) == 1:
+    return f"yes: {next(iter(tested.values()))}" + note
+  return "no: " + ", ".join(f"{d} {v}" for d, v in tested.items()) + note
+
+
+def summary_markdown(aggs: Sequence[study_lib.Aggregate],
+                     progress: Mapping[str, Progress] | None = None,
+                     datasets: Sequence[Dataset] = DATASETS) -> str:
+  """The cross-dataset table: one row per claim and regime (and the
+  precondition), one column per dataset with its standing study's
+  headline verdict, and whether the datasets with a result agree."""
+  progress = progress or {}
+  rows: dict[str, str] = {}  # row key -> label, in first-seen order
+  cells: dict[tuple[str, str], tuple[str, str]] = {}
+  results = {ds.key: standing_result(ds, aggs) for ds in datasets}
+  for ds in datasets:
+    if results[ds.key] is not None:
+      for key, label, text, verdict in study_rows(results[ds.key]):
+        rows.setdefault(key, label)
+        cells[(key, ds.key)] = (text, verdict)
+  order = {"pr": 0, "(a": 1, "(b": 2, "(c": 3, "(K": 4}
+  keys = sorted(rows, key=lambda k: order.get(k[:2], 9))  # stable in a group
+  heads = [ds.title + (f" (`{ds.standing}`)" if ds.standing else "")
+           for ds in datasets]
+  lines = ["| claim / regime | " + " | ".join(heads) + " | datasets agree? |",
+           "|---|" + "---|" * (len(datasets) + 1)]
+  for key in keys:
+    row = []
+    for ds in datasets:
+      if results[ds.key] is None:
+        row.append(no_result(ds, aggs, progress))
+      else:
+        row.append(cells.get((key, ds.key), ("-", ""))[0])
+    agree = agreement({ds.title: cells[(key, ds.key)][1] for ds in datasets
+                       if (key, ds.key) in cells})
+    lines.append(f"| {rows[key]} | " + " | ".join(row) + f" | {agree} |")
+  return "\n".join(lines) + "\n"
+
+
+def study_markdown(agg: study_lib.Aggregate, folder_link: str,
+                   note: str = "") -> str:
+  """One study's part of the results page (a ``###`` section under its
+  dataset's); ``note`` follows its name in the heading."""
   d, c = agg.data, agg.data.config
-  name = os.path.basename(os.path.normpath(d.out))
-  n_runs = sum(st.finished for st in d.statuses)
+  n_runs = _finished_runs(agg)
   lines = [
-      f"## `{name}`: {c.get('data.dataset')}, {c.get('model.name')}, "
-      f"{c.get('data.num_labels')} labels",
+      f"### `{_study_name(agg)}`{note}: {c.get('data.dataset')}, "
+      f"{c.get('model.name')}, {c.get('data.num_labels')} labels",
       "",
       f"{len(d.regimes)} regimes x {len(d.seeds)} seeds = {n_runs} finished "
       f"runs, {c.get('train.epochs')} epochs each"
@@ -119,64 +361,79 @@ def study_markdown(agg: study_lib.Aggregate, folder_link: str) -> str:
   return "\n".join(lines)
 
 
-def _study_name(agg: study_lib.Aggregate) -> str:
-  return os.path.basename(os.path.normpath(agg.data.out))
+def no_result_markdown(ds: Dataset, aggs: Sequence[study_lib.Aggregate],
+                       progress: Mapping[str, Progress]) -> str:
+  """A dataset's section while it has no result: why, and the commands
+  that make one."""
+  commands = [c for c in (ds.prepare, ds.study_command()) if c]
+  if ds.standing is None:
+    why = (f"Not run: {ds.no_data}. From {ds.download}, with "
+           f"`{ds.config}`" + (f" ({ds.scale})" if ds.scale else "") + ":")
+  else:
+    state = no_result(ds, aggs, progress)
+    pilot = progress.get(ds.key) and progress[ds.key].pilot
+    why = ("Not run yet: "
+           + (f"`{ds.standing}` is {state}, not a result until every run "
+              "has finished" if state.startswith("in progress") else
+              f"no study folder `{ds.standing}` yet")
+           + f". Its config is `{ds.config}`"
+           + (f", its pilot [pilot.md]({pilot})" if pilot else "")
+           + "; its command:")
+  return "\n".join([why, "", "```bash", *commands, "```", ""])
 
 
-def summary_markdown(aggs: Sequence[study_lib.Aggregate]) -> str:
-  """The cross-study table: one row per claim and regime (and the
-  precondition), one column per study, the headline verdict in each cell."""
-  rows: list[tuple[str, str]] = []  # (row label, key)
-  cells: dict[tuple[str, str], str] = {}
-  for agg in aggs:
-    name = _study_name(agg)
-    for p in agg.precondition:
-      if not p["applies"]:
-        continue
-      key = f"precondition {p['regime']}"
-      if key not in [k for _, k in rows]:
-        rows.append((f"precondition: {p['regime']} ends above "
-                     f"{agg.baseline}", key))
-      cells[(key, name)] = "holds" if p["holds"] else "fails"
-    for v in agg.verdicts:
-      key = f"({v['claim']}) {v['regime']}"
-      if key not in [k for _, k in rows]:
-        rows.append((key, key))
-      cells[(key, name)] = ("not tested" if v["verdict"] == claims_lib.NOT_TESTED
-                            else v["verdict"])
-    k_pairs = agg.convergence_paired[
-        agg.convergence_paired["quantity"] == "epochs_to_baseline_final"]
-    for r in k_pairs[k_pairs["reference"] != agg.baseline].itertuples():
-      key = f"(K) {r.regime} - {r.reference}"
-      if key not in [k for _, k in rows]:
-        rows.append((f"(K) {r.regime} - {r.reference}: epochs to "
-                     f"{agg.baseline}'s final accuracy", key))
-      cells[(key, name)] = (f"{_fmt(r.mean_diff)} [{_fmt(r.ci_low)}, "
-                            f"{_fmt(r.ci_high)}]")
-  order = {"pr": 0, "(a": 1, "(b": 2, "(c": 3, "(K": 4}
-  rows.sort(key=lambda r: order.get(r[1][:2], 9))  # stable within a group
-  names = [_study_name(a) for a in aggs]
-  lines = ["| claim / regime | " + " | ".join(f"`{n}`" for n in names) + " |",
-           "|---|" + "---|" * len(names)]
-  for label, key in rows:
-    lines.append(f"| {label} | " + " | ".join(
-        cells.get((key, n), "-") for n in names) + " |")
-  return "\n".join(lines) + "\n"
+def grouped(aggs: Sequence[study_lib.Aggregate],
+            datasets: Sequence[Dataset] = DATASETS
+            ) -> list[tuple[str, Dataset | None, list[study_lib.Aggregate]]]:
+  """``(section title, dataset or None, its studies)`` in the results'
+  order: the declared datasets, each with every study of it, then any
+  dataset not declared (title ``Other: <key>``), so none is dropped."""
+  known = {ds.key for ds in datasets}
+  groups = [(ds.title, ds, [a for a in aggs if _dataset_of(a) == ds.key])
+            for ds in datasets]
+  for key in sorted({_dataset_of(a) for a in aggs} - known):
+    groups.append((f"Other: {key}", None,
+                   [a for a in aggs if _dataset_of(a) == key]))
+  return groups
 
 
-def section(aggs: Sequence[study_lib.Aggregate], links: Sequence[str]) -> str:
-  """The results page's generated part: one section per study."""
-  body = "\n".join(study_markdown(a, l) for a, l in zip(aggs, links))
-  return f"{BEGIN}\n\n{body}\n{END}"
+def section(aggs: Sequence[study_lib.Aggregate], links: Sequence[str],
+            progress: Mapping[str, Progress] | None = None,
+            datasets: Sequence[Dataset] = DATASETS) -> str:
+  """The results page's generated part: one ``##`` section per dataset,
+  its standing study first, then its other studies marked superseded
+  (with the declared reason) or not standing."""
+  progress = progress or {}
+  link = {_study_name(a): l for a, l in zip(aggs, links)}
+  parts = []
+  for title, ds, members in grouped(aggs, datasets):
+    parts.append(f"## {title}\n")
+    standing = standing_result(ds, aggs) if ds else None
+    if ds and standing is None:
+      parts.append(no_result_markdown(ds, aggs, progress))
+    for agg in sorted(members, key=lambda a: (a is not standing,
+                                              _study_name(a))):
+      name = _study_name(agg)
+      if ds and name == ds.standing and standing is None:
+        continue  # not a result yet: its progress is said above
+      note = ""
+      if ds and agg is not standing:
+        note = (f" (superseded: {ds.superseded[name]})"
+                if name in ds.superseded else
+                f" (not the study {ds.title} stands on)")
+      parts.append(study_markdown(agg, link[name], note))
+  return f"{BEGIN}\n\n" + "\n".join(parts) + f"\n{END}"
 
 
-def summary_section(aggs: Sequence[study_lib.Aggregate]) -> str:
-  """The README's generated part: the cross-study table of verdicts."""
-  summary = ("Headline verdicts of every committed study (primary metric: "
-             "interpolation error; (b) and (c) only where the precondition "
-             "holds):\n\n" + summary_markdown(aggs))
+def summary_section(aggs: Sequence[study_lib.Aggregate],
+                    progress: Mapping[str, Progress] | None = None,
+                    datasets: Sequence[Dataset] = DATASETS) -> str:
+  """The README's generated part: the cross-dataset table of verdicts."""
+  summary = ("Headline verdicts per dataset, each from the study that "
+             "stands for it (primary metric: interpolation error; (b) and "
+             "(c) only where the precondition holds):\n\n"
+             + summary_markdown(aggs, progress, datasets))
   return f"{SUMMARY_BEGIN}\n\n{summary}\n{SUMMARY_END}"
-
 
 def replace_between(text: str, begin: str, end: str, new_section: str,
                     where: str) -> str:
@@ -191,18 +448,21 @@ def replace_between(text: str, begin: str, end: str, new_section: str,
 
 
 def regenerate(folders: Sequence[str], links: Sequence[str], readme_text: str,
-               page_text: str) -> tuple[str, str, list]:
+               page_text: str,
+               progress: Mapping[str, Progress] | None = None
+               ) -> tuple[str, str, list]:
   """Re-aggregates every study folder (writing its tables, figures and
   claims) and returns the README and the results page with their
   generated parts replaced, and the aggregates.  ``links`` are the study
-  folders as the results page links them."""
+  folders as the results page links them; ``progress`` is
+  :func:`standing_progress` (the standing studies not finished yet)."""
   aggs = [study_lib.aggregate(f) for f in folders]
   for agg in aggs:
     study_lib.write_all(agg)
   readme = replace_between(readme_text, SUMMARY_BEGIN, SUMMARY_END,
-                           summary_section(aggs), "the README")
-  page = replace_between(page_text, BEGIN, END, section(aggs, links),
-                         "the results page")
+                           summary_section(aggs, progress), "the README")
+  page = replace_between(page_text, BEGIN, END,
+                         section(aggs, links, progress), "the results page")
   return readme, page, aggs
 
 
