@@ -13,11 +13,14 @@ where. :func:`enable` tells it, once, before the first compile:
   JAX's cache alone: nothing is read or written;
 * every program is cached, however quick its compile (JAX's default skips
   those under 1 s, which on CPU is most of a small model's programs);
-* the cache is capped at :data:`DEFAULT_MAX_BYTES`, least recently used
+* our folder is capped at :data:`DEFAULT_MAX_BYTES`, least recently used
   first out. The cap is also what makes it safe with several processes at
   once (``study.py --jobs``): with a cap, JAX guards every read and write
   with a file lock (the ``filelock`` package), without one a process could
-  read an entry another is still writing.
+  read an entry another is still writing. A folder the user chose keeps
+  JAX's own settings (no cap unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` is
+  set): JAX's eviction fails on entries written without a cap, which
+  other programs using that folder may have left.
 
 Clearing it: delete the folder (``rm -rf ~/.cache/mixlin_jax/jax``); the next
 run recompiles and refills it. The cache holds executables that JAX runs, so
@@ -73,12 +76,16 @@ def enable(directory: str | None = None) -> str | None:
   if not switched_on():
     return None
   current = jax.config.jax_compilation_cache_dir
-  path = directory or current or os.environ.get(ENV_DIR) or default_dir()
+  chosen = directory or current or os.environ.get(ENV_DIR)
+  path = chosen or default_dir()
   if path == current and path in _ENABLED:
     return path
   os.makedirs(path, exist_ok=True)
   # JAX's own variables, where the user set them, win over our defaults.
-  if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+  # The cap (and with it the file lock) only on our own folder: JAX's
+  # eviction expects every entry to have been written with a cap, and warns
+  # at every write into a folder that other JAX programs filled without one.
+  if not chosen and "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
     jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_BYTES)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs",

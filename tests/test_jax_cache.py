@@ -56,6 +56,7 @@ def test_jax_variable_chooses_the_folder(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert values["PATH"] == str(tmp_path / "mine")
   assert _entries(tmp_path / "mine")
+  assert int(values["MAX"]) == -1  # JAX's own default: no cap on a chosen folder
   assert not os.path.exists(tmp_path / "xdg" / "mixlin_jax")
 
 
