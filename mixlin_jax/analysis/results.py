@@ -230,6 +230,8 @@ def no_result(ds: Dataset, aggs: Sequence[study_lib.Aggregate],
     if agg is None:
       return "not run yet"
     finished = _finished_runs(agg)
+  if not finished:  # a folder with only its pilot: the study has not begun
+    return "not run yet (pilot only)"
   return f"in progress ({finished}/{ds.planned_runs} runs)"
 
 
@@ -375,7 +377,7 @@ def no_result_markdown(ds: Dataset, aggs: Sequence[study_lib.Aggregate],
     why = ("Not run yet: "
            + (f"`{ds.standing}` is {state}, not a result until every run "
               "has finished" if state.startswith("in progress") else
-              f"no study folder `{ds.standing}` yet")
+              f"no run of `{ds.standing}` has finished yet")
            + f". Its config is `{ds.config}`"
            + (f", its pilot [pilot.md]({pilot})" if pilot else "")
            + "; its command:")
