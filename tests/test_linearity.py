@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mixlin_jax import linearity as L
+from mixlin_jax.linearity import sampling
 
 import helpers
 
@@ -265,6 +266,26 @@ def test_draw_tuples(K, N):
   # Roughly uniform marginals (each index used ~ 500 K / N times).
   counts = np.bincount(t.ravel(), minlength=N)
   assert counts.min() > 0.5 * 500 * K / N
+
+
+def test_host_draws_take_a_seed_or_its_jax_key_and_split_into_streams():
+  """An int seed, its typed jax key and its raw key draw the same tuples
+  and weights; tuples and weights come from different streams; anything
+  else is refused with the argument's name."""
+  for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+    np.testing.assert_array_equal(
+        L.draw_tuples(3, 50, 20, 3), L.draw_tuples(key, 50, 20, 3)
+    )
+    np.testing.assert_array_equal(
+        L.mixing_weights(3, key=3), L.mixing_weights(3, key=key)
+    )
+  tuples = sampling.host_rng(3, sampling.TUPLE_STREAM).random(8)
+  weights = sampling.host_rng(3, sampling.WEIGHT_STREAM).random(8)
+  assert not np.allclose(tuples, weights)
+  with pytest.raises(ValueError, match="key"):
+    L.draw_tuples(-1, 50, 20, 3)
+  with pytest.raises(ValueError, match="key"):
+    L.draw_tuples(np.float32(3.0), 50, 20, 3)
 
 
 def test_draw_tuples_rejects_too_few_examples():

@@ -605,8 +605,7 @@ def test_raw_gap_matches_numpy():
     log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
     return {"hidden": hidden, "output": log_probs}  # logits -> log-probs
 
-  key_tuples, _ = jax.random.split(jax.random.key(5))
-  tuples = L.draw_tuples(key_tuples, len(images), 7, 2)
+  tuples = L.draw_tuples(5, len(images), 7, 2)
   x = images.astype(np.float64)[tuples]  # (T, 2, ...)
   for i, (w1, w2) in enumerate(result.record["weights"]):
     mixed = forward(w1 * x[:, 0] + w2 * x[:, 1])

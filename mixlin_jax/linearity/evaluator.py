@@ -31,7 +31,6 @@ from mixlin_jax.linearity.metrics import (
 )
 from mixlin_jax.linearity.sampling import (
     DEFAULT_GRID,
-    as_key,
     check_weights,
     draw_tuples,
     mixing_weights,
@@ -338,8 +337,9 @@ class _Program:
 class LinearityEvaluator:
   """Streams the linearity metrics over fixed tuples of an evaluation split.
 
-  Tuples and weights are drawn once, in ``__init__``, from ``key`` (split
-  into a tuple key and a weight key), so every call -- every epoch, every
+  Tuples and weights are drawn once, in ``__init__``, from ``key`` (its
+  tuple and weight streams, see :func:`~mixlin_jax.linearity.sampling.host_rng`),
+  so every call -- every epoch, every
   run with the same configuration -- evaluates the same tuples and weights.
   ``__call__`` is one jitted computation (see the module docstring); the
   last partial batch is padded (with copies of the first tuple) and masked
@@ -407,14 +407,11 @@ class LinearityEvaluator:
     self._logits_layers = (
         None if logits_layers is None else tuple(logits_layers)
     )
-    key_tuples, key_weights = jax.random.split(as_key(key))
     self.tuples = draw_tuples(
-        key_tuples, self.images.shape[0], self.num_tuples, self.num_points
+        key, self.images.shape[0], self.num_tuples, self.num_points
     )
     if weights is None:
-      self.weights = mixing_weights(
-          self.num_points, grid, num_dirichlet, key_weights
-      )
+      self.weights = mixing_weights(self.num_points, grid, num_dirichlet, key)
     else:
       self.weights = check_weights(weights, self.num_points)
     if self.num_points == 2:
