@@ -310,9 +310,8 @@ def _forward_floor(
     _, h, r, jd, hp, _, _ = forward_points(
         reps, variables, x, weights, tangent_t, metrics, constrain
     )
-    for group in (h, r, jd, hp):
-      for a in group or ():
-        total = total + jnp.sum(a)
+    for a in jax.tree.leaves((h, r, jd, hp)):
+      total = total + jnp.sum(a)
     return total, None
 
   total, _ = lax.scan(body, jnp.zeros((), jnp.float32), tuples)

@@ -200,11 +200,11 @@ def _pair_indices(k: int):
   return i, j
 
 
-def _mix(weights, h):
-  """``sum_k w_k h_k``: (W, K), (T, K, D) -> (W, T, D), as broadcast
+def _mix(weights, points):
+  """``sum_k w_k h_k``: (W, K), K points (T, D) -> (W, T, D), as broadcast
   multiply-adds that XLA fuses into the reduction consuming them (a dot with
   a contraction of 2 or 3 is slow on CPU and would be written out)."""
-  terms = [weights[:, k, None, None] * h[None, :, k] for k in range(h.shape[1])]
+  terms = [weights[:, k, None, None] * p[None] for k, p in enumerate(points)]
   return functools.reduce(jnp.add, terms)
 
 
@@ -234,26 +234,38 @@ def _log_probs(flat, shape):
   return jax.nn.log_softmax(full, axis=-1).reshape(flat.shape)
 
 
-def _layer_sums(h, r, jd, hp, *, weights, tangent_t, metrics, shape, log_probs):
+def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
+                log_probs):
   """The reductions over one layer's features that the metrics need.
 
-  h: (T, K, D) originals; r: (W, T, D) mixtures (or None); jd: (T, D) JVP
-  at x_1 (or None); hp: (G, T, D) path points (or None).  Returns ``{"hn":
-  (T, K) squared norms, "pair": (T, P) squared pairwise distances (i < j)}``
-  and, as needed, ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``,
-  ``"gap2"`` the squared raw gap (W, T), and the tangent residual's
-  ``"residual"``, ``"displacement"``, ``"path"`` (W or G, T).  Everything
-  after these sums is the same arithmetic for every layer, done once on
-  all layers stacked (:func:`_values_from_sums`).
+  points: the K originals, each (T, D); r: (W, T, D) mixtures (or None);
+  jd: (T, D) JVP at x_1 (or None); hp: (G, T, D) path points (or None).
+  Returns ``{name: [(..., T) arrays]}``: ``"hn"`` the K squared norms,
+  ``"pair"`` the squared distances of the pairs i < j and, as needed,
+  ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``, ``"gap2"`` the
+  squared raw gap (W, T), and the tangent residual's ``"residual"``,
+  ``"displacement"``, ``"path"`` (W or G, T).  Each group of same-shaped
+  sums is one variadic reduction (:func:`_sums_over_last_axis`), and the
+  points are never stacked into a (T, K, D) copy.  Everything after these
+  sums is the same arithmetic for every layer, done once on all layers
+  stacked (:func:`_values_from_sums`).
   """
-  K = h.shape[1]
+  K = len(points)
   pi, pj = _pair_indices(K)
-  sums = {"hn": _sqnorm(h), "pair": _sqnorm(h[:, pi] - h[:, pj])}
-  h1 = h[:, 0]  # (T, D)
+  base = {f"hn{k}": jnp.square(p) for k, p in enumerate(points)}
+  base.update(
+      {f"pair{i}_{j}": jnp.square(points[i] - points[j]) for i, j in zip(pi, pj)}
+  )
+  base = _sums_over_last_axis(base)
+  sums = {
+      "hn": [base[f"hn{k}"] for k in range(K)],
+      "pair": [base[f"pair{i}_{j}"] for i, j in zip(pi, pj)],
+  }
+  h1 = points[0]  # (T, D)
   t = None if tangent_t is None else tangent_t[:, None, None]
   tangent_on_mixtures = r is not None and jd is not None and K == 2
   if r is not None:
-    m = _mix(weights, h)  # fused, never written out
+    m = _mix(weights, points)  # fused, never written out
     terms = {"num": jnp.square(r - m)}
     if "relative_error" in metrics:
       terms["mixture"] = jnp.square(m)
@@ -264,58 +276,77 @@ def _layer_sums(h, r, jd, hp, *, weights, tangent_t, metrics, shape, log_probs):
           displacement=jnp.square(diff),
           path=jnp.square(r),
       )
-    sums.update(_sums_over_last_axis(terms))
-    if "raw_gap" in metrics:
-      if log_probs:
-        lh = _log_probs(h, shape)
-        sums["gap2"] = _sqnorm(_log_probs(r, shape) - _mix(weights, lh))
-      else:
-        sums["gap2"] = sums["num"]
+    if "raw_gap" in metrics and log_probs:
+      lm = _mix(weights, [_log_probs(p, shape) for p in points])
+      terms["gap2"] = jnp.square(_log_probs(r, shape) - lm)
+    sums.update({k: [v] for k, v in _sums_over_last_axis(terms).items()})
+    if "raw_gap" in metrics and not log_probs:
+      sums["gap2"] = sums["num"]
   if jd is not None and not tangent_on_mixtures:
     diff = hp - h1[None]  # (G, T, D)
-    sums.update(
-        _sums_over_last_axis(
-            {
-                "residual": jnp.square(diff - t * jd[None]),
-                "displacement": jnp.square(diff),
-                "path": jnp.square(hp),
-            }
-        )
+    path_sums = _sums_over_last_axis(
+        {
+            "residual": jnp.square(diff - t * jd[None]),
+            "displacement": jnp.square(diff),
+            "path": jnp.square(hp),
+        }
     )
+    sums.update({k: [v] for k, v in path_sums.items()})
   return sums
+
+
+def _stack_layers(per_layer):
+  """``{name: (L, R, T)}`` from the layers' :func:`_layer_sums`, through
+  one concatenation of every sum (one small kernel, where a stack per
+  name was one kernel each)."""
+  names = list(per_layer[0])
+  pieces, shapes = [], {}
+  for name in names:
+    for sums in per_layer:
+      parts = [p.reshape((-1, p.shape[-1])) for p in sums[name]]
+      pieces += parts
+      shapes[name] = (sum(p.shape[0] for p in parts), parts[0].shape[-1])
+  flat = jnp.concatenate([p.reshape(-1) for p in pieces])
+  out, start = {}, 0
+  num_layers = len(per_layer)
+  for name in names:
+    size = num_layers * shapes[name][0] * shapes[name][1]
+    out[name] = flat[start:start + size].reshape((num_layers,) + shapes[name])
+    start += size
+  return out
 
 
 def _values_from_sums(sums, *, weights, metrics, rtol):
   """Metrics of all layers at once from their stacked :func:`_layer_sums`.
 
-  ``sums``: the per-layer sums with a leading layer axis L; ``rtol``: (L,)
-  degeneracy thresholds.  Returns ``({metric: (L, W or G, T)}, {metric:
-  (L, T) degenerate}, (L, T) degenerate over all K points)``; the tangent
-  residual's degenerate mask is ``(L, W or G, T)``: a tuple whose path end
-  points coincide, or a path point indistinguishable from ``x_1`` (see the
-  module docstring).  One set of small element-wise kernels for every
-  layer, not one per layer: on a first call, XLA's compile time grows with
-  the number of kernels, and per-layer arithmetic was most of them.
+  ``sums``: the per-layer sums stacked by :func:`_stack_layers`, each
+  (L, R, T): ``hn`` (L, K, T), ``pair`` (L, P, T), the others (L, W or G,
+  T); ``rtol``: (L,) degeneracy thresholds.  Returns ``({metric: (L, W or
+  G, T)}, {metric: (L, T) degenerate}, (L, T) degenerate over all K
+  points)``; the tangent residual's degenerate mask is ``(L, W or G, T)``:
+  a tuple whose path end points coincide, or a path point
+  indistinguishable from ``x_1`` (see the module docstring).  One set of
+  small element-wise kernels for every layer, not one per layer: on a
+  first call, XLA's compile time grows with the number of kernels, and
+  per-layer arithmetic was most of them.
   """
-  hn, pair = sums["hn"], sums["pair"]  # (L, T, K), (L, T, P)
-  K = hn.shape[-1]
+  hn, pair = sums["hn"], sums["pair"]  # (L, K, T), (L, P, T)
+  K = hn.shape[1]
   pi, pj = _pair_indices(K)
   rtol = jnp.asarray(rtol, jnp.float32)[:, None]  # (L, 1)
-  spread = jnp.sum(pair, axis=-1) / (K * K)  # mean_i ||h_i - hbar||^2
-  tuple_degenerate = spread <= rtol * jnp.mean(hn, axis=-1)
+  spread = jnp.sum(pair, axis=1) / (K * K)  # mean_i ||h_i - hbar||^2
+  tuple_degenerate = spread <= rtol * jnp.mean(hn, axis=1)
   if K == 2:
     pair_degenerate = tuple_degenerate
-  else:  # pair (0, 1) is the first column of the i < j enumeration
-    pair_degenerate = pair[..., 0] / 4 <= rtol * 0.5 * (
-        hn[..., 0] + hn[..., 1]
-    )
+  else:  # pair (0, 1) is the first row of the i < j enumeration
+    pair_degenerate = pair[:, 0] / 4 <= rtol * 0.5 * (hn[:, 0] + hn[:, 1])
   out, degenerate = {}, {}
   if "num" in sums:
     num = sums["num"]  # (L, W, T)
-    second = jnp.einsum("wk,ltk->lwt", weights, hn, precision=_HIGHEST)
+    second = jnp.einsum("wk,lkt->lwt", weights, hn, precision=_HIGHEST)
     if "interp_error" in metrics:
       den = jnp.einsum(
-          "wp,ltp->lwt",
+          "wp,lpt->lwt",
           weights[:, pi] * weights[:, pj],
           pair,
           precision=_HIGHEST,
@@ -329,7 +360,7 @@ def _values_from_sums(sums, *, weights, metrics, rtol):
       out["raw_gap"] = jnp.sqrt(sums["gap2"])
       degenerate["raw_gap"] = jnp.zeros_like(tuple_degenerate)
   if "tangent_residual" in metrics:
-    scale = hn[:, None, :, 0] + sums["path"]  # ||h(x_1)||^2 + ||h(x(t))||^2
+    scale = hn[:, :1] + sums["path"]  # ||h(x_1)||^2 + ||h(x(t))||^2
     out["tangent_residual"] = _safe_ratio(
         sums["residual"], sums["displacement"], scale
     )
@@ -362,11 +393,13 @@ def forward_points(
   the number of devices keeps a sharded batch divisible.
 
   Returns ``(layers, h, r, jd, hp, t_vals, again)``: ``layers`` a tuple of
-  ``(name, trailing shape, dtype)`` in network order; ``h[l]`` ``(T, K, D)``,
+  ``(name, trailing shape, dtype)`` in network order; ``h[l]`` the K
+  originals, each ``(T, D)`` (rows of the batched forward, never copied
+  into one array),
   ``r[l]`` ``(W, T, D)`` or None, ``jd[l]`` ``(T, D)`` or None, ``hp[l]``
   ``(G, T, D)`` or None (float32, flattened per example); ``t_vals`` the
   path parameters of ``hp``; ``again[l]`` ``(D,)`` the last appended copy
-  of ``x_1`` (compare with ``h[l][0, 0]``), or None without probe rows.
+  of ``x_1`` (compare with ``h[l][0][0]``), or None without probe rows.
   """
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
@@ -399,12 +432,15 @@ def forward_points(
 
   pieces = []
   x1 = x[:, 0]
+  # Originals point-major (point k = rows k T .. (k + 1) T): each point's
+  # representations are then a contiguous slice of the forward's output.
   if want_tan:
     h1, jd = jax.jvp(acts, (x1,), (x[:, 1] - x1,))
-    pieces.append(x[:, 1:].reshape((T * (K - 1),) + in_shape))
+    rest = jnp.swapaxes(x[:, 1:], 0, 1)
   else:
     h1 = jd = None
-    pieces.append(x.reshape((T * K,) + in_shape))
+    rest = jnp.swapaxes(x, 0, 1)
+  pieces.append(rest.reshape((rest.shape[0] * T,) + in_shape))
   need_mix = want_mix or (
       want_tan and K == 2
   )  # K == 2: path points == mixtures
@@ -431,13 +467,11 @@ def forward_points(
   if probe_rows:
     again = tuple(a[-1] for a in parts.pop())
   orig = parts.pop(0)
-  if want_tan:
-    h = tuple(
-        jnp.concatenate([f[:, None], o.reshape(T, K - 1, -1)], axis=1)
-        for f, o in zip(h1, orig)
-    )
-  else:
-    h = tuple(o.reshape(T, K, -1) for o in orig)
+  first = (lambda l: (h1[l],)) if want_tan else (lambda l: ())
+  h = tuple(
+      first(l) + tuple(o[k * T:(k + 1) * T] for k in range(o.shape[0] // T))
+      for l, o in enumerate(orig)
+  )
   r = tuple(a.reshape(W, T, -1) for a in parts.pop(0)) if need_mix else None
   hp, t_vals = None, None
   if want_tan:
@@ -499,7 +533,7 @@ def stacked_tuple_values(
       )
       for i, (name, shape, dtype) in enumerate(layers)
   ]
-  sums = {k: jnp.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+  sums = _stack_layers(per_layer)
   rtol = np.asarray(
       [degenerate_rtol_for(dtype, degenerate_rtol) for _, _, dtype in layers],
       np.float32,
@@ -513,7 +547,7 @@ def stacked_tuple_values(
       "degenerate": {m: degenerate[m] for m in metrics},
       "tuple_degenerate": tuple_degenerate,
       "batch_dependence": None if again is None else _relative_difference(
-          [a[0, 0] for a in h], again
+          [points[0][0] for points in h], again
       ),
   }
 
