@@ -282,6 +282,15 @@ def test_aggregate_without_finished_runs_is_a_clear_error(tmp_path):
     study_lib.aggregate(str(tmp_path))
 
 
+def test_aggregate_of_the_baseline_alone_is_a_clear_error(tmp_path):
+  """A study (or pilot) whose finished runs are all of one regime has no
+  paired difference to report: one line naming the fix, not a KeyError."""
+  out = str(tmp_path / "study")
+  write_synthetic_study(out, regimes=("mix2",))
+  with pytest.raises(study_lib.AnalysisError, match="nothing to compare.*--regimes"):
+    study_lib.aggregate(out)
+
+
 def test_collapsed_layer_is_left_out_of_claims_and_named(tmp_path):
   out = str(tmp_path / "study")
   write_synthetic_study(out, collapsed={"mix3_seed1": "02_pooled"})

@@ -444,6 +444,11 @@ def aggregate(out: str, baseline: str | None = None,
   if baseline not in data.regimes:
     raise AnalysisError(f"baseline regime {baseline!r} has no finished run "
                         f"in {out} (finished: {', '.join(data.regimes)})")
+  if len(data.regimes) < 2:
+    raise AnalysisError(
+        f"nothing to compare in {out}: every finished run is of the "
+        f"baseline regime {baseline!r}; a study needs another regime "
+        "(e.g. --regimes=erm,mix2)")
   summary = linearity_summary(data)
   paired = paired_differences(data, baseline)
   conv, targets = convergence(data, baseline)
