@@ -307,7 +307,7 @@ def _forward_floor(
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    _, h, r, jd, hp, _, _ = forward_points(
+    _, h, r, jd, hp, _, _, _ = forward_points(
         reps, variables, x, weights, tangent_t, metrics, constrain
     )
     for a in jax.tree.leaves((h, r, jd, hp)):

@@ -115,7 +115,7 @@ naive reference in float64).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -295,6 +295,46 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   return sums
 
 
+def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
+                           log_probs):
+  """:func:`_layer_sums` for K = 2 with every forward, in one reduction.
+
+  The second point is the mixture of weights (0, 1), the path point at
+  t = 1; as a first row of the mixtures it gives, through the same
+  variadic reduction, ``||h_2||^2`` (the row's ``mixture``/``path``) and
+  ``||h_2 - h_1||^2`` (its ``displacement``); ``||h_1||^2`` is one more
+  term.  ``ext``: ``(1 + W, T, D)``, x_2's row then the mixtures', a view
+  of the forward's output (see :func:`forward_points`), so each layer
+  costs one reduction kernel instead of two and nothing is copied.
+  """
+  h1 = points[0]
+  w = jnp.concatenate([jnp.asarray([[0.0, 1.0]], weights.dtype), weights])
+  t = w[:, 1, None, None]
+  m = _mix(w, points)  # fused, never written out
+  diff = ext - h1[None]
+  terms = {
+      "num": jnp.square(ext - m),
+      "first": jnp.broadcast_to(jnp.square(h1), ext.shape),
+      "residual": jnp.square(diff - t * jd[None]),
+      "displacement": jnp.square(diff),
+      "path": jnp.square(ext),
+  }
+  if "relative_error" in metrics:
+    terms["mixture"] = jnp.square(m)
+  if "raw_gap" in metrics and log_probs:
+    lm = _mix(w, [_log_probs(p, shape) for p in points])
+    terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
+  out = _sums_over_last_axis(terms)
+  sums = {
+      "hn": [out["first"][0], out["path"][0]],
+      "pair": [out["displacement"][0]],
+  }
+  sums.update({k: [v[1:]] for k, v in out.items() if k != "first"})
+  if "raw_gap" in metrics and not log_probs:
+    sums["gap2"] = sums["num"]
+  return sums
+
+
 def _stack_layers(per_layer):
   """``{name: (L, R, T)}`` from the layers' :func:`_layer_sums`, through
   one concatenation of every sum (one small kernel, where a stack per
@@ -371,6 +411,19 @@ def _values_from_sums(sums, *, weights, metrics, rtol):
   return out, degenerate, tuple_degenerate
 
 
+class Forwards(NamedTuple):
+  """What :func:`forward_points` returns (see there)."""
+
+  layers: tuple
+  h: tuple
+  r: tuple | None
+  jd: tuple | None
+  hp: tuple | None
+  t_vals: Any
+  again: tuple | None
+  second_and_mixtures: tuple | None
+
+
 def forward_points(
     reps, variables, x, weights, tangent_t, metrics, constrain=None, *,
     probe_rows=0
@@ -392,14 +445,18 @@ def forward_points(
   without compiling a forward of its own for the check.  A multiple of
   the number of devices keeps a sharded batch divisible.
 
-  Returns ``(layers, h, r, jd, hp, t_vals, again)``: ``layers`` a tuple of
+  Returns :class:`Forwards` ``(layers, h, r, jd, hp, t_vals, again,
+  second_and_mixtures)``: ``layers`` a tuple of
   ``(name, trailing shape, dtype)`` in network order; ``h[l]`` the K
   originals, each ``(T, D)`` (rows of the batched forward, never copied
   into one array),
   ``r[l]`` ``(W, T, D)`` or None, ``jd[l]`` ``(T, D)`` or None, ``hp[l]``
   ``(G, T, D)`` or None (float32, flattened per example); ``t_vals`` the
   path parameters of ``hp``; ``again[l]`` ``(D,)`` the last appended copy
-  of ``x_1`` (compare with ``h[l][0][0]``), or None without probe rows.
+  of ``x_1`` (compare with ``h[l][0][0]``), or None without probe rows;
+  ``second_and_mixtures[l]`` (K = 2 with the tangent residual and the
+  mixtures' metrics, else None) ``(1 + W, T, D)``, ``x_2``'s row then the
+  mixtures', a view of which ``h[l][1]`` and ``r[l]`` are slices.
   """
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
@@ -466,13 +523,22 @@ def forward_points(
   again = None
   if probe_rows:
     again = tuple(a[-1] for a in parts.pop())
-  orig = parts.pop(0)
   first = (lambda l: (h1[l],)) if want_tan else (lambda l: ())
-  h = tuple(
-      first(l) + tuple(o[k * T:(k + 1) * T] for k in range(o.shape[0] // T))
-      for l, o in enumerate(orig)
-  )
-  r = tuple(a.reshape(W, T, -1) for a in parts.pop(0)) if need_mix else None
+  if want_tan and K == 2:
+    # x_2 then the mixtures, as one (1 + W, T, D) view of the output: the
+    # second points and the mixtures are then slices of one array, which
+    # the two-point sums (:func:`_layer_sums_two_points`) reduce together.
+    ext = tuple(a[: (1 + W) * T].reshape(1 + W, T, -1) for a in hz)
+    h = tuple(first(l) + (e[0],) for l, e in enumerate(ext))
+    r = tuple(e[1:] for e in ext)
+  else:
+    ext = None
+    orig = parts.pop(0)
+    h = tuple(
+        first(l) + tuple(o[k * T:(k + 1) * T] for k in range(o.shape[0] // T))
+        for l, o in enumerate(orig)
+    )
+    r = tuple(a.reshape(W, T, -1) for a in parts.pop(0)) if need_mix else None
   hp, t_vals = None, None
   if want_tan:
     if K == 2:
@@ -480,7 +546,8 @@ def forward_points(
     else:
       hp = tuple(a.reshape(G, T, -1) for a in parts.pop(0))
       t_vals = jnp.asarray(tangent_t, jnp.float32)
-  return tuple(layers), h, r if want_mix else None, jd, hp, t_vals, again
+  return Forwards(tuple(layers), h, r if want_mix else None, jd, hp, t_vals,
+                  again, ext if want_mix else None)
 
 
 def stacked_tuple_values(
@@ -508,7 +575,7 @@ def stacked_tuple_values(
   the first tuple's ``x_1`` computed in the JVP's batch and again in the
   other forward's; else None.
   """
-  layers, h, r, jd, hp, t_vals, again = forward_points(
+  layers, h, r, jd, hp, t_vals, again, ext = forward_points(
       reps,
       variables,
       x,
@@ -520,7 +587,17 @@ def stacked_tuple_values(
   )
   weights = jnp.asarray(weights, jnp.float32)
   per_layer = [
-      _layer_sums(
+      _layer_sums_two_points(
+          h[i],
+          ext[i],
+          jd[i],
+          weights=weights,
+          metrics=metrics,
+          shape=shape,
+          log_probs=name in logits_layers,
+      )
+      if ext is not None
+      else _layer_sums(
           h[i],
           None if r is None else r[i],
           None if jd is None else jd[i],
@@ -553,14 +630,24 @@ def stacked_tuple_values(
 
 
 def _relative_difference(first, again):
-  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0)."""
-  worst = jnp.zeros((), jnp.float32)
-  for a, b in zip(first, again):
-    rel = jnp.sqrt(
-        jnp.sum(jnp.square(b - a)) / jnp.maximum(jnp.sum(jnp.square(a)), 1e-30)
-    )
-    worst = jnp.maximum(worst, rel)
-  return worst
+  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0).
+
+  The layers' rows are concatenated and summed per layer by one segment
+  sum: a sum per layer was two XLA kernels each (CPU rewrites a long
+  reduction into a reduce-window and a reduce), a sixth of a first
+  call's kernels for one scalar.
+  """
+  sizes = [a.shape[-1] for a in first]
+  ids = np.repeat(np.arange(len(sizes)), sizes)
+  f, g = jnp.concatenate(first), jnp.concatenate(again)
+  sums = jax.ops.segment_sum(
+      jnp.stack([jnp.square(g - f), jnp.square(f)], axis=-1),
+      ids,
+      num_segments=len(sizes),
+      indices_are_sorted=True,
+  )
+  rel = jnp.sqrt(sums[:, 0] / jnp.maximum(sums[:, 1], 1e-30))
+  return jnp.max(rel)
 
 
 def tuple_values(
