@@ -235,7 +235,7 @@ def _log_probs(flat, shape):
 
 
 def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
-                log_probs):
+                log_probs, again=None):
   """The reductions over one layer's features that the metrics need.
 
   points: the K originals, each (T, D); r: (W, T, D) mixtures (or None);
@@ -244,7 +244,9 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   ``"pair"`` the squared distances of the pairs i < j and, as needed,
   ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``, ``"gap2"`` the
   squared raw gap (W, T), and the tangent residual's ``"residual"``,
-  ``"displacement"``, ``"path"`` (W or G, T).  Each group of same-shaped
+  ``"displacement"``, ``"path"`` (W or G, T); with ``again`` (the
+  batch-dependence probe's row of x_1 of the first tuple, (D,)),
+  ``"probe"`` ``||again - h_1[0]||^2`` (1, 1).  Each group of same-shaped
   sums is one variadic reduction (:func:`_sums_over_last_axis`), and the
   points are never stacked into a (T, K, D) copy.  Everything after these
   sums is the same arithmetic for every layer, done once on all layers
@@ -284,19 +286,31 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
       sums["gap2"] = sums["num"]
   if jd is not None and not tangent_on_mixtures:
     diff = hp - h1[None]  # (G, T, D)
-    path_sums = _sums_over_last_axis(
-        {
-            "residual": jnp.square(diff - t * jd[None]),
-            "displacement": jnp.square(diff),
-            "path": jnp.square(hp),
-        }
-    )
+    terms = {
+        "residual": jnp.square(diff - t * jd[None]),
+        "displacement": jnp.square(diff),
+        "path": jnp.square(hp),
+    }
+    if again is not None:
+      terms["probe"] = _probe_term(again, h1, hp.shape)
+    path_sums = _sums_over_last_axis(terms)
+    if again is not None:
+      path_sums["probe"] = path_sums["probe"][:1, :1]
     sums.update({k: [v] for k, v in path_sums.items()})
   return sums
 
 
+def _probe_term(again, h1, shape):
+  """``(again - h_1[0])^2`` broadcast to the shape of a reduction's other
+  terms: the batch-dependence probe rides along a reduction each layer
+  runs anyway (its own sums were two XLA kernels per layer, a sixth of a
+  first call's, for one scalar); the extra multiply-adds cost less than
+  reading the rows again would."""
+  return jnp.broadcast_to(jnp.square(again - h1[0]), shape)
+
+
 def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
-                           log_probs):
+                           log_probs, again=None):
   """:func:`_layer_sums` for K = 2 with every forward, in one reduction.
 
   The second point is the mixture of weights (0, 1), the path point at
@@ -306,6 +320,7 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   term.  ``ext``: ``(1 + W, T, D)``, x_2's row then the mixtures', a view
   of the forward's output (see :func:`forward_points`), so each layer
   costs one reduction kernel instead of two and nothing is copied.
+  ``again``: see :func:`_layer_sums`.
   """
   h1 = points[0]
   w = jnp.concatenate([jnp.asarray([[0.0, 1.0]], weights.dtype), weights])
@@ -321,6 +336,8 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   }
   if "relative_error" in metrics:
     terms["mixture"] = jnp.square(m)
+  if again is not None:
+    terms["probe"] = _probe_term(again, h1, ext.shape)
   if "raw_gap" in metrics and log_probs:
     lm = _mix(w, [_log_probs(p, shape) for p in points])
     terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
@@ -329,6 +346,8 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
       "hn": [out["first"][0], out["path"][0]],
       "pair": [out["displacement"][0]],
   }
+  if again is not None:
+    sums["probe"] = [out.pop("probe")[:1, :1]]
   sums.update({k: [v[1:]] for k, v in out.items() if k != "first"})
   if "raw_gap" in metrics and not log_probs:
     sums["gap2"] = sums["num"]
@@ -595,6 +614,7 @@ def stacked_tuple_values(
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
+          again=None if again is None else again[i],
       )
       if ext is not None
       else _layer_sums(
@@ -607,6 +627,7 @@ def stacked_tuple_values(
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
+          again=None if again is None else again[i],
       )
       for i, (name, shape, dtype) in enumerate(layers)
   ]
@@ -623,31 +644,16 @@ def stacked_tuple_values(
       "values": {m: values[m] for m in metrics},
       "degenerate": {m: degenerate[m] for m in metrics},
       "tuple_degenerate": tuple_degenerate,
-      "batch_dependence": None if again is None else _relative_difference(
-          [points[0][0] for points in h], again
+      "batch_dependence": None if again is None else _largest_ratio(
+          sums["probe"][:, 0, 0], sums["hn"][:, 0, 0]
       ),
   }
 
 
-def _relative_difference(first, again):
-  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0).
-
-  The layers' rows are concatenated and summed per layer by one segment
-  sum: a sum per layer was two XLA kernels each (CPU rewrites a long
-  reduction into a reduce-window and a reduce), a sixth of a first
-  call's kernels for one scalar.
-  """
-  sizes = [a.shape[-1] for a in first]
-  ids = np.repeat(np.arange(len(sizes)), sizes)
-  f, g = jnp.concatenate(first), jnp.concatenate(again)
-  sums = jax.ops.segment_sum(
-      jnp.stack([jnp.square(g - f), jnp.square(f)], axis=-1),
-      ids,
-      num_segments=len(sizes),
-      indices_are_sorted=True,
-  )
-  rel = jnp.sqrt(sums[:, 0] / jnp.maximum(sums[:, 1], 1e-30))
-  return jnp.max(rel)
+def _largest_ratio(diff2, norm2):
+  """``max_l sqrt(diff2_l / norm2_l)``: the batch-dependence probe's
+  relative difference, largest over layers (0 / 0 = 0)."""
+  return jnp.max(jnp.sqrt(diff2 / jnp.maximum(norm2, 1e-30)))
 
 
 def tuple_values(
