@@ -235,7 +235,7 @@ def _log_probs(flat, shape):
 
 
 def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
-                log_probs, again=None):
+                log_probs):
   """The reductions over one layer's features that the metrics need.
 
   points: the K originals, each (T, D); r: (W, T, D) mixtures (or None);
@@ -244,9 +244,7 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   ``"pair"`` the squared distances of the pairs i < j and, as needed,
   ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``, ``"gap2"`` the
   squared raw gap (W, T), and the tangent residual's ``"residual"``,
-  ``"displacement"``, ``"path"`` (W or G, T); with ``again`` (the
-  batch-dependence probe's row of x_1 of the first tuple, (D,)),
-  ``"probe"`` ``||again - h_1[0]||^2`` (1, 1).  Each group of same-shaped
+  ``"displacement"``, ``"path"`` (W or G, T).  Each group of same-shaped
   sums is one variadic reduction (:func:`_sums_over_last_axis`), and the
   points are never stacked into a (T, K, D) copy.  Everything after these
   sums is the same arithmetic for every layer, done once on all layers
@@ -291,64 +289,46 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
         "displacement": jnp.square(diff),
         "path": jnp.square(hp),
     }
-    if again is not None:
-      terms["probe"] = _probe_term(again, h1, hp.shape)
     path_sums = _sums_over_last_axis(terms)
-    if again is not None:
-      path_sums["probe"] = path_sums["probe"][:1, :1]
     sums.update({k: [v] for k, v in path_sums.items()})
   return sums
 
 
-def _probe_term(again, h1, shape):
-  """``(again - h_1[0])^2`` broadcast to the shape of a reduction's other
-  terms: the batch-dependence probe rides along a reduction each layer
-  runs anyway (its own sums were two XLA kernels per layer, a sixth of a
-  first call's, for one scalar); the extra multiply-adds cost less than
-  reading the rows again would."""
-  return jnp.broadcast_to(jnp.square(again - h1[0]), shape)
-
-
 def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
-                           log_probs, again=None):
+                           log_probs):
   """:func:`_layer_sums` for K = 2 with every forward, in one reduction.
 
-  The second point is the mixture of weights (0, 1), the path point at
-  t = 1; as a first row of the mixtures it gives, through the same
-  variadic reduction, ``||h_2||^2`` (the row's ``mixture``/``path``) and
-  ``||h_2 - h_1||^2`` (its ``displacement``); ``||h_1||^2`` is one more
-  term.  ``ext``: ``(1 + W, T, D)``, x_2's row then the mixtures', a view
-  of the forward's output (see :func:`forward_points`), so each layer
-  costs one reduction kernel instead of two and nothing is copied.
-  ``again``: see :func:`_layer_sums`.
+  ``ext``: ``(1 + W, T, D)``, x_2's row then the mixtures', a view of the
+  forward's output (see :func:`forward_points`).  x_2's row is reduced
+  with the weights (1, 0), i.e. against the "mixture" h_1: its ``num``
+  is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2`` and its
+  ``path`` ``||h_2||^2``, the three sums of the tuple's points, so each
+  layer costs one reduction kernel (not two) for one more row, and
+  nothing is copied.
   """
   h1 = points[0]
-  w = jnp.concatenate([jnp.asarray([[0.0, 1.0]], weights.dtype), weights])
+  w = jnp.concatenate([jnp.asarray([[1.0, 0.0]], weights.dtype), weights])
   t = w[:, 1, None, None]
   m = _mix(w, points)  # fused, never written out
   diff = ext - h1[None]
   terms = {
       "num": jnp.square(ext - m),
-      "first": jnp.broadcast_to(jnp.square(h1), ext.shape),
+      "mixture": jnp.square(m),
       "residual": jnp.square(diff - t * jd[None]),
       "displacement": jnp.square(diff),
       "path": jnp.square(ext),
   }
-  if "relative_error" in metrics:
-    terms["mixture"] = jnp.square(m)
-  if again is not None:
-    terms["probe"] = _probe_term(again, h1, ext.shape)
   if "raw_gap" in metrics and log_probs:
     lm = _mix(w, [_log_probs(p, shape) for p in points])
     terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
   out = _sums_over_last_axis(terms)
   sums = {
-      "hn": [out["first"][0], out["path"][0]],
-      "pair": [out["displacement"][0]],
+      "hn": [out["mixture"][0], out["path"][0]],
+      "pair": [out["num"][0]],
   }
-  if again is not None:
-    sums["probe"] = [out.pop("probe")[:1, :1]]
-  sums.update({k: [v[1:]] for k, v in out.items() if k != "first"})
+  sums.update({k: [v[1:]] for k, v in out.items()})
+  if "relative_error" not in metrics:
+    del sums["mixture"]
   if "raw_gap" in metrics and not log_probs:
     sums["gap2"] = sums["num"]
   return sums
@@ -614,7 +594,6 @@ def stacked_tuple_values(
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
-          again=None if again is None else again[i],
       )
       if ext is not None
       else _layer_sums(
@@ -627,7 +606,6 @@ def stacked_tuple_values(
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
-          again=None if again is None else again[i],
       )
       for i, (name, shape, dtype) in enumerate(layers)
   ]
@@ -644,16 +622,32 @@ def stacked_tuple_values(
       "values": {m: values[m] for m in metrics},
       "degenerate": {m: degenerate[m] for m in metrics},
       "tuple_degenerate": tuple_degenerate,
-      "batch_dependence": None if again is None else _largest_ratio(
-          sums["probe"][:, 0, 0], sums["hn"][:, 0, 0]
+      "batch_dependence": None if again is None else _relative_difference(
+          [points[0][0] for points in h], again
       ),
   }
 
 
-def _largest_ratio(diff2, norm2):
-  """``max_l sqrt(diff2_l / norm2_l)``: the batch-dependence probe's
-  relative difference, largest over layers (0 / 0 = 0)."""
-  return jnp.max(jnp.sqrt(diff2 / jnp.maximum(norm2, 1e-30)))
+def _relative_difference(first, again):
+  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0).
+
+  Each layer's two squared rows are computed straight into one
+  concatenation and summed per layer by one segment sum: a sum per
+  layer was two XLA kernels each (CPU rewrites a long reduction into a
+  reduce-window and a reduce), a sixth of a first call's kernels for one
+  scalar.
+  """
+  sizes = [a.shape[-1] for a in first]
+  ids = np.repeat(np.arange(len(sizes)), sizes)
+  rows = jnp.concatenate(
+      [jnp.stack([jnp.square(b - a), jnp.square(a)], axis=-1)
+       for a, b in zip(first, again)]
+  )
+  sums = jax.ops.segment_sum(
+      rows, ids, num_segments=len(sizes), indices_are_sorted=True
+  )
+  rel = jnp.sqrt(sums[:, 0] / jnp.maximum(sums[:, 1], 1e-30))
+  return jnp.max(rel)
 
 
 def tuple_values(
