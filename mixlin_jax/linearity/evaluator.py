@@ -198,18 +198,21 @@ def _evaluate(
   constrain = _constrain(batch_sharding)
   _, B, K = tuples.shape
   # With the tangent residual, batch dependence is checked inside the
-  # forwards the metrics run anyway (see ``forward_points``): a forward of
-  # its own costs as much XLA compile time as the model's forward.
-  probe_rows = 0
+  # forwards the metrics run anyway, on probe tuples appended to each batch
+  # (see ``stacked_tuple_values``): a forward of its own costs as much XLA
+  # compile time as the model's forward.
+  probes = 0
   if "tangent_residual" in metrics:
-    probe_rows = 1 if batch_sharding is None else batch_sharding.mesh.size
+    probes = 1 if batch_sharding is None else batch_sharding.mesh.size
 
   def batch_values(idx):
+    if probes:  # K copies of the batch's first example
+      idx = jnp.concatenate([idx, jnp.broadcast_to(idx[:1, :1], (probes, K))])
     idx = idx.reshape(-1)
     if constrain is not None:  # each device gathers only its tuples
       idx = constrain(idx)
     x = _gather(images, idx, preprocess)
-    x = x.reshape((B, K) + x.shape[1:])
+    x = x.reshape((B + probes, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
     out = stacked_tuple_values(
@@ -222,7 +225,7 @@ def _evaluate(
         logits_layers=logits_layers,
         degenerate_rtol=degenerate_rtol,
         constrain=constrain,
-        probe_rows=probe_rows,
+        probe_tuples=probes,
     )
     return _stacked(out, layers), out["batch_dependence"]
 
@@ -254,7 +257,7 @@ def _evaluate(
 
   final, _ = lax.scan(body, init, (tuples, mask))
   (n, mean, m2), degenerate, tuple_degenerate, dependence = final
-  if not probe_rows:
+  if not probes:
     dependence = _batch_dependence(reps, variables, images, tuples, preprocess)
   # Mean over no tuple is undefined (NaN); so is the stderr = std(ddof=1) /
   # sqrt(n) of fewer than two.
@@ -307,7 +310,7 @@ def _forward_floor(
     x = x.reshape((B, K) + x.shape[1:])
     if constrain is not None:
       x = constrain(x)
-    _, h, r, jd, hp, _, _, _ = forward_points(
+    _, h, r, jd, hp, _, _ = forward_points(
         reps, variables, x, weights, tangent_t, metrics, constrain
     )
     for a in jax.tree.leaves((h, r, jd, hp)):

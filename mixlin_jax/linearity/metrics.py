@@ -298,8 +298,8 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
                            log_probs):
   """:func:`_layer_sums` for K = 2 with every forward, in one reduction.
 
-  ``ext``: ``(1 + W, T, D)``, x_2's row then the mixtures', a view of the
-  forward's output (see :func:`forward_points`).  x_2's row is reduced
+  ``ext``: ``(W + 1, T, D)``, the mixtures' rows then x_2's, a view of
+  the forward's output (see :func:`forward_points`).  x_2's row is reduced
   with the weights (1, 0), i.e. against the "mixture" h_1: its ``num``
   is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2`` and its
   ``path`` ``||h_2||^2``, the three sums of the tuple's points, so each
@@ -307,7 +307,7 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   nothing is copied.
   """
   h1 = points[0]
-  w = jnp.concatenate([jnp.asarray([[1.0, 0.0]], weights.dtype), weights])
+  w = jnp.concatenate([weights, jnp.asarray([[1.0, 0.0]], weights.dtype)])
   t = w[:, 1, None, None]
   m = _mix(w, points)  # fused, never written out
   diff = ext - h1[None]
@@ -323,10 +323,10 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
     terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
   out = _sums_over_last_axis(terms)
   sums = {
-      "hn": [out["mixture"][0], out["path"][0]],
-      "pair": [out["num"][0]],
+      "hn": [out["mixture"][-1], out["path"][-1]],
+      "pair": [out["num"][-1]],
   }
-  sums.update({k: [v[1:]] for k, v in out.items()})
+  sums.update({k: [v[:-1]] for k, v in out.items()})
   if "relative_error" not in metrics:
     del sums["mixture"]
   if "raw_gap" in metrics and not log_probs:
@@ -419,13 +419,11 @@ class Forwards(NamedTuple):
   jd: tuple | None
   hp: tuple | None
   t_vals: Any
-  again: tuple | None
-  second_and_mixtures: tuple | None
+  mixtures_and_second: tuple | None
 
 
 def forward_points(
-    reps, variables, x, weights, tangent_t, metrics, constrain=None, *,
-    probe_rows=0
+    reps, variables, x, weights, tangent_t, metrics, constrain=None
 ):
   """Every forward pass the metrics need, as few and as batched as possible.
 
@@ -435,27 +433,17 @@ def forward_points(
   tangent path points share one batched forward with the other originals.
   This is the floor the benchmark compares the metrics against.
 
-  ``probe_rows`` > 0 (only with the tangent residual, whose JVP is a
-  forward of its own) appends that many copies of the first tuple's
-  ``x_1`` to the last rows of the other forward: the same example,
-  computed in two batches of different sizes and contents, at the first
-  and at the last position, tells whether an example's representations
-  depend on the rest of its batch (BatchNorm in training mode, dropout)
-  without compiling a forward of its own for the check.  A multiple of
-  the number of devices keeps a sharded batch divisible.
-
-  Returns :class:`Forwards` ``(layers, h, r, jd, hp, t_vals, again,
-  second_and_mixtures)``: ``layers`` a tuple of
+  Returns :class:`Forwards` ``(layers, h, r, jd, hp, t_vals,
+  mixtures_and_second)``: ``layers`` a tuple of
   ``(name, trailing shape, dtype)`` in network order; ``h[l]`` the K
   originals, each ``(T, D)`` (rows of the batched forward, never copied
   into one array),
   ``r[l]`` ``(W, T, D)`` or None, ``jd[l]`` ``(T, D)`` or None, ``hp[l]``
   ``(G, T, D)`` or None (float32, flattened per example); ``t_vals`` the
-  path parameters of ``hp``; ``again[l]`` ``(D,)`` the last appended copy
-  of ``x_1`` (compare with ``h[l][0][0]``), or None without probe rows;
-  ``second_and_mixtures[l]`` (K = 2 with the tangent residual and the
-  mixtures' metrics, else None) ``(1 + W, T, D)``, ``x_2``'s row then the
-  mixtures', a view of which ``h[l][1]`` and ``r[l]`` are slices.
+  path parameters of ``hp``; ``mixtures_and_second[l]`` (K = 2 with the
+  tangent residual and the mixtures' metrics, else None) ``(W + 1, T,
+  D)``, the mixtures' rows then x_2's, the forward's output of which
+  ``r[l]`` and ``h[l][1]`` are slices.
   """
   x = jnp.asarray(x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # mix inputs in >= f32
@@ -469,8 +457,6 @@ def forward_points(
       m in metrics for m in ("interp_error", "relative_error", "raw_gap")
   )
   want_tan = "tangent_residual" in metrics
-  if probe_rows and not want_tan:
-    raise ValueError("probe_rows needs the tangent residual's JVP forward")
   layers: list = []  # filled at trace time by the first forward
 
   def acts(z):
@@ -488,15 +474,12 @@ def forward_points(
 
   pieces = []
   x1 = x[:, 0]
-  # Originals point-major (point k = rows k T .. (k + 1) T): each point's
-  # representations are then a contiguous slice of the forward's output.
   if want_tan:
     h1, jd = jax.jvp(acts, (x1,), (x[:, 1] - x1,))
     rest = jnp.swapaxes(x[:, 1:], 0, 1)
   else:
     h1 = jd = None
     rest = jnp.swapaxes(x, 0, 1)
-  pieces.append(rest.reshape((rest.shape[0] * T,) + in_shape))
   need_mix = want_mix or (
       want_tan and K == 2
   )  # K == 2: path points == mixtures
@@ -512,27 +495,28 @@ def forward_points(
     shape_t = (G,) + (1,) * (x.ndim - 1)
     xp = x1[None] + tt.reshape(shape_t) * (x[:, 1] - x1)[None]  # (G, T, ...)
     pieces.append(xp.reshape((G * T,) + in_shape))
-  if probe_rows:
-    pieces.append(jnp.broadcast_to(x1[:1], (probe_rows,) + in_shape))
+  # The originals last and point-major (point k = rows k T .. (k + 1) T of
+  # their block): each point's representations are a contiguous slice of
+  # the output, and a tuple's x_2 sits at another position of its batch
+  # than its x_1 in the JVP's (see ``probe_tuples`` of
+  # :func:`stacked_tuple_values`).
+  pieces.append(rest.reshape((rest.shape[0] * T,) + in_shape))
   sizes = [p.shape[0] for p in pieces]
   z = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
   hz = acts(z)
   offsets = np.cumsum([0] + sizes)
   parts = [tuple(a[s:e] for a in hz) for s, e in zip(offsets[:-1], offsets[1:])]
-  again = None
-  if probe_rows:
-    again = tuple(a[-1] for a in parts.pop())
   first = (lambda l: (h1[l],)) if want_tan else (lambda l: ())
   if want_tan and K == 2:
-    # x_2 then the mixtures, as one (1 + W, T, D) view of the output: the
-    # second points and the mixtures are then slices of one array, which
-    # the two-point sums (:func:`_layer_sums_two_points`) reduce together.
-    ext = tuple(a[: (1 + W) * T].reshape(1 + W, T, -1) for a in hz)
-    h = tuple(first(l) + (e[0],) for l, e in enumerate(ext))
-    r = tuple(e[1:] for e in ext)
+    # The mixtures then x_2, as one (W + 1, T, D) view of the output: the
+    # mixtures and the second points are slices of one array, which the
+    # two-point sums (:func:`_layer_sums_two_points`) reduce together.
+    ext = tuple(a.reshape(W + 1, T, -1) for a in hz)
+    h = tuple(first(l) + (e[W],) for l, e in enumerate(ext))
+    r = tuple(e[:W] for e in ext)
   else:
     ext = None
-    orig = parts.pop(0)
+    orig = parts.pop()
     h = tuple(
         first(l) + tuple(o[k * T:(k + 1) * T] for k in range(o.shape[0] // T))
         for l, o in enumerate(orig)
@@ -546,7 +530,7 @@ def forward_points(
       hp = tuple(a.reshape(G, T, -1) for a in parts.pop(0))
       t_vals = jnp.asarray(tangent_t, jnp.float32)
   return Forwards(tuple(layers), h, r if want_mix else None, jd, hp, t_vals,
-                  again, ext if want_mix else None)
+                  ext if want_mix else None)
 
 
 def stacked_tuple_values(
@@ -560,7 +544,7 @@ def stacked_tuple_values(
     logits_layers=(),
     degenerate_rtol=DEGENERATE_RTOL,
     constrain=None,
-    probe_rows=0,
+    probe_tuples=0,
 ) -> dict:
   """Traceable core: :func:`tuple_values` with a leading layer axis.
 
@@ -569,12 +553,25 @@ def stacked_tuple_values(
   T)}, "tuple_degenerate": (L, T) bool, "batch_dependence": () or None}``,
   layers in network order.  Only the reductions over each layer's features
   are per layer; what follows them is computed once for all layers (fewer
-  kernels to compile).  With ``probe_rows`` (see :func:`forward_points`),
-  ``batch_dependence`` is the largest relative difference, over layers, of
-  the first tuple's ``x_1`` computed in the JVP's batch and again in the
-  other forward's; else None.
+  kernels to compile).
+
+  ``probe_tuples`` > 0 (only with the tangent residual, whose JVP is a
+  forward of its own): the last ``probe_tuples`` tuples of ``x`` are
+  probes, K copies of one example, left out of the returned values; T
+  counts the others.  A probe's x_1 is computed in the JVP's batch and
+  its x_2 in the other forward's, in batches of different sizes and
+  contents and at different positions, so their distance (the tuple's
+  pair distance, which the reductions compute anyway) tells whether an
+  example's representations depend on the rest of its batch (BatchNorm
+  in training mode, dropout) with no kernel of its own: a separate check
+  compiled a forward of its own, and per-layer comparisons of one row
+  were a sixth of a first call's kernels.  ``batch_dependence`` is then
+  the largest relative difference over layers and probes; else None.  A
+  multiple of the number of devices keeps a sharded batch divisible.
   """
-  layers, h, r, jd, hp, t_vals, again, ext = forward_points(
+  if probe_tuples and "tangent_residual" not in metrics:
+    raise ValueError("probe_tuples needs the tangent residual's JVP forward")
+  layers, h, r, jd, hp, t_vals, ext = forward_points(
       reps,
       variables,
       x,
@@ -582,7 +579,6 @@ def stacked_tuple_values(
       tangent_t,
       metrics,
       constrain,
-      probe_rows=probe_rows,
   )
   weights = jnp.asarray(weights, jnp.float32)
   per_layer = [
@@ -614,6 +610,12 @@ def stacked_tuple_values(
       [degenerate_rtol_for(dtype, degenerate_rtol) for _, _, dtype in layers],
       np.float32,
   )
+  dependence = None
+  if probe_tuples:  # ||h_1 - h_2|| / ||h_1|| of the probes, per layer
+    n = x.shape[0] - probe_tuples
+    dependence = jnp.max(jnp.sqrt(
+        sums["pair"][:, 0, n:] / jnp.maximum(sums["hn"][:, 0, n:], 1e-30)))
+    sums = {k: v[..., :n] for k, v in sums.items()}
   values, degenerate, tuple_degenerate = _values_from_sums(
       sums, weights=weights, metrics=metrics, rtol=rtol
   )
@@ -622,32 +624,8 @@ def stacked_tuple_values(
       "values": {m: values[m] for m in metrics},
       "degenerate": {m: degenerate[m] for m in metrics},
       "tuple_degenerate": tuple_degenerate,
-      "batch_dependence": None if again is None else _relative_difference(
-          [points[0][0] for points in h], again
-      ),
+      "batch_dependence": dependence,
   }
-
-
-def _relative_difference(first, again):
-  """``max_l ||again_l - first_l|| / ||first_l||`` over layers (0 / 0 = 0).
-
-  Each layer's two squared rows are computed straight into one
-  concatenation and summed per layer by one segment sum: a sum per
-  layer was two XLA kernels each (CPU rewrites a long reduction into a
-  reduce-window and a reduce), a sixth of a first call's kernels for one
-  scalar.
-  """
-  sizes = [a.shape[-1] for a in first]
-  ids = np.repeat(np.arange(len(sizes)), sizes)
-  rows = jnp.concatenate(
-      [jnp.stack([jnp.square(b - a), jnp.square(a)], axis=-1)
-       for a, b in zip(first, again)]
-  )
-  sums = jax.ops.segment_sum(
-      rows, ids, num_segments=len(sizes), indices_are_sorted=True
-  )
-  rel = jnp.sqrt(sums[:, 0] / jnp.maximum(sums[:, 1], 1e-30))
-  return jnp.max(rel)
 
 
 def tuple_values(
