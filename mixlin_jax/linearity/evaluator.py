@@ -340,9 +340,10 @@ class LinearityEvaluator:
   """Streams the linearity metrics over fixed tuples of an evaluation split.
 
   Tuples and weights are drawn once, in ``__init__``, from ``key`` (its
-  tuple and weight streams, see :func:`~mixlin_jax.linearity.sampling.host_rng`),
-  so every call -- every epoch, every
-  run with the same configuration -- evaluates the same tuples and weights.
+  tuple and weight streams, see
+  :func:`~mixlin_jax.linearity.sampling.host_rng`), so every call -- every
+  epoch, every run with the same configuration -- evaluates the same
+  tuples and weights.
   ``__call__`` is one jitted computation (see the module docstring); the
   last partial batch is padded (with copies of the first tuple) and masked
   out.  Tuples degenerate at a layer (see

@@ -186,10 +186,6 @@ def degenerate_rtol_for(dtype, rtol: float = DEGENERATE_RTOL) -> float:
 # Vectorized per-tuple metrics
 
 
-def _sqnorm(v):
-  return jnp.sum(jnp.square(v), axis=-1)
-
-
 def _safe_ratio(num, den, scale):
   floor = jnp.maximum(EPS_REL * scale, TINY)
   return num / jnp.maximum(den, floor)
@@ -336,8 +332,8 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
 
 def _stack_layers(per_layer):
   """``{name: (L, R, T)}`` from the layers' :func:`_layer_sums`, through
-  one concatenation of every sum (one small kernel, where a stack per
-  name was one kernel each)."""
+  one concatenation of every sum, name-major, so that each name's rows
+  are a contiguous slice (XLA makes it one small kernel per name)."""
   names = list(per_layer[0])
   pieces, shapes = [], {}
   for name in names:
