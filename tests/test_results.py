@@ -225,3 +225,21 @@ def test_a_standing_study_on_another_dataset_is_an_error(tmp_path):
   _set_dataset(folder, "cifar10")
   with pytest.raises(results.ResultsError, match="stands for digits"):
     results.summary_markdown([study_lib.aggregate(folder)])
+
+
+def test_a_standing_study_is_a_result_only_once_every_planned_run_finished(tmp_path):
+  """A dataset's standing study whose started runs have all finished, but
+  which has not started the rest of its plan, is still in progress: left
+  out (its runs not started named), not aggregated into claims of two
+  regimes."""
+  root = str(tmp_path / "studies")
+  folder = os.path.join(root, "cifar100_cpu")
+  write_synthetic_study(folder, regimes=("erm", "supmix2"), seeds=(0,))
+  assert folder not in results.study_folders(root)
+  left_out = results.unfinished_studies(root)[folder]
+  assert "mix2_seed0 (not started)" in left_out
+  assert "mix3_seed2 (not started)" in left_out and len(left_out) == 10
+  # Every planned run finished: a result.
+  complete = os.path.join(str(tmp_path / "complete"), "cifar100_cpu")
+  write_synthetic_study(complete, seeds=(0, 1, 2))
+  assert results.study_folders(os.path.dirname(complete)) == [complete]

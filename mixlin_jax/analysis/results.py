@@ -60,10 +60,21 @@ def _run_folders(root: str) -> list[str]:
 
 
 def _unfinished_runs(folder: str) -> list[str]:
+  """The runs of ``folder`` that keep it from being a result: those
+  present but unfinished and, for a dataset's standing study, those it
+  plans that have not started (a standing study is a result only once
+  every planned run has finished, not as soon as the runs started so far
+  have)."""
   specs = studies.existing_runs(folder)
-  if not specs:
-    return ["(no run)"]
-  return [s.name for s in specs if not studies.run_status(folder, s).finished]
+  unfinished = [s.name for s in specs
+                if not studies.run_status(folder, s).finished]
+  name = os.path.basename(os.path.normpath(folder))
+  present = {s.name for s in specs}
+  for ds in DATASETS:
+    if ds.standing == name:
+      unfinished += [f"{r}_seed{seed} (not started)" for seed in ds.seeds
+                     for r in REGIMES if f"{r}_seed{seed}" not in present]
+  return unfinished or ([] if specs else ["(no run)"])
 
 
 def _fmt(x, digits=3):
