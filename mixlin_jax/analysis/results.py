@@ -72,8 +72,9 @@ def _unfinished_runs(folder: str) -> list[str]:
   present = {s.name for s in specs}
   for ds in DATASETS:
     if ds.standing == name:
-      unfinished += [f"{r}_seed{seed} (not started)" for seed in ds.seeds
-                     for r in REGIMES if f"{r}_seed{seed}" not in present]
+      planned = [studies.RunSpec(r, seed).name
+                 for seed in ds.seeds for r in REGIMES]
+      unfinished += [f"{n} (not started)" for n in planned if n not in present]
   return unfinished or ([] if specs else ["(no run)"])
 
 

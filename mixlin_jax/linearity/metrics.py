@@ -242,7 +242,9 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   squared raw gap (W, T), and the tangent residual's ``"residual"``,
   ``"displacement"``, ``"path"`` (W or G, T).  Each group of same-shaped
   sums is one variadic reduction (:func:`_sums_over_last_axis`), and the
-  points are never stacked into a (T, K, D) copy.  Everything after these
+  points are never stacked into a (T, K, D) copy.  (K = 2 with both the
+  mixtures' metrics and the tangent residual goes through
+  :func:`_layer_sums_two_points` instead.)  Everything after these
   sums is the same arithmetic for every layer, done once on all layers
   stacked (:func:`_values_from_sums`).
   """
@@ -259,26 +261,18 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   }
   h1 = points[0]  # (T, D)
   t = None if tangent_t is None else tangent_t[:, None, None]
-  tangent_on_mixtures = r is not None and jd is not None and K == 2
   if r is not None:
     m = _mix(weights, points)  # fused, never written out
     terms = {"num": jnp.square(r - m)}
     if "relative_error" in metrics:
       terms["mixture"] = jnp.square(m)
-    if tangent_on_mixtures:  # K = 2: the path points are the mixtures
-      diff = r - h1[None]
-      terms.update(
-          residual=jnp.square(diff - t * jd[None]),
-          displacement=jnp.square(diff),
-          path=jnp.square(r),
-      )
     if "raw_gap" in metrics and log_probs:
       lm = _mix(weights, [_log_probs(p, shape) for p in points])
       terms["gap2"] = jnp.square(_log_probs(r, shape) - lm)
     sums.update({k: [v] for k, v in _sums_over_last_axis(terms).items()})
     if "raw_gap" in metrics and not log_probs:
       sums["gap2"] = sums["num"]
-  if jd is not None and not tangent_on_mixtures:
+  if jd is not None:
     diff = hp - h1[None]  # (G, T, D)
     terms = {
         "residual": jnp.square(diff - t * jd[None]),
