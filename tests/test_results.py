@@ -132,6 +132,34 @@ def test_datasets_agree_column():
                             "CIFAR-10": "supported"}) == (
       "one dataset only (not tested on digits)")
   assert results.agreement({"digits": "not tested"}) == "not tested"
+  # nor is a (K) pair whose regimes never reach the target
+  assert results.agreement({"digits": "interval covers 0",
+                            "CIFAR-10": "interval covers 0",
+                            "CIFAR-100": "not reached"}) == (
+      "yes: interval covers 0 (not reached on CIFAR-100)")
+  assert results.agreement({"CIFAR-100": "not reached"}) == "not reached"
+
+
+def test_k_pair_never_reaching_the_target_is_no_interval(tmp_path):
+  """Where mix2 and mix3 never reach erm's final accuracy in any seed, both
+  count as final epoch + 1: their difference is 0 [0, 0] by construction,
+  which must not read as a measured "covers 0"."""
+  from mixlin_jax.analysis import study as study_lib  # pylint: disable=import-outside-toplevel
+  folder = str(tmp_path / "digits")
+  write_synthetic_study(
+      folder, accuracy=lambda r, s, e: 0.3 if r.startswith("mix") else 0.6)
+  rows = {key: (cell, verdict) for key, _, cell, verdict
+          in results.study_rows(study_lib.aggregate(folder))}
+  assert rows["(K) mix3 - mix2"] == ("not reached", "not reached")
+  # one seed reaching it is a measured difference again
+  folder = str(tmp_path / "digits_one_reaches")
+  write_synthetic_study(
+      folder, accuracy=lambda r, s, e: (
+          0.7 if (r, s) == ("mix3", 0) and e > 3 else
+          0.3 if r.startswith("mix") else 0.6))
+  rows = {key: (cell, verdict) for key, _, cell, verdict
+          in results.study_rows(study_lib.aggregate(folder))}
+  assert rows["(K) mix3 - mix2"][1] != "not reached"
 
 
 def test_the_declared_datasets():

@@ -247,6 +247,14 @@ def no_result(ds: Dataset, aggs: Sequence[study_lib.Aggregate],
   return f"in progress ({finished}/{ds.planned_runs} runs)"
 
 
+#: The (K) cell of a pair whose regimes both never reach the baseline's
+#: final accuracy, in any seed.
+NOT_REACHED = "not reached"
+
+#: Cells that are no verdict, left out of the datasets' comparison.
+NO_VERDICT = ("not tested", NOT_REACHED)
+
+
 def _interval_side(low: float, high: float) -> str:
   if not (math.isfinite(low) and math.isfinite(high)):
     return "no interval"
@@ -274,25 +282,36 @@ def study_rows(agg: study_lib.Aggregate) -> list[tuple[str, str, str, str]]:
     rows.append((key, key, word, word))
   k_pairs = agg.convergence_paired[
       agg.convergence_paired["quantity"] == "epochs_to_baseline_final"]
+  censored = agg.convergence.groupby("regime")["baseline_final_censored"]
   for r in k_pairs[k_pairs["reference"] != agg.baseline].itertuples():
+    if censored.get_group(r.regime).all() and censored.get_group(
+        r.reference).all():
+      # Both counted as final epoch + 1 in every seed: a difference of 0
+      # with a zero-width interval, which says nothing about the pair.
+      cell = verdict = NOT_REACHED
+    else:
+      cell = f"{_fmt(r.mean_diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+      verdict = _interval_side(r.ci_low, r.ci_high)
     rows.append((f"(K) {r.regime} - {r.reference}",
                  f"(K) {r.regime} - {r.reference}: epochs to "
-                 f"{agg.baseline}'s final accuracy",
-                 f"{_fmt(r.mean_diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
-                 _interval_side(r.ci_low, r.ci_high)))
+                 f"{agg.baseline}'s final accuracy", cell, verdict))
   return rows
 
 
 def agreement(verdicts: Mapping[str, str]) -> str:
   """The "datasets agree?" cell: ``verdicts`` maps each dataset with a
   result for the row (datasets not run left out) to its verdict.  A claim
-  not tested on a dataset (its precondition failed) is no verdict either:
-  it is left out of the comparison and named."""
-  untested = [d for d, v in verdicts.items() if v == "not tested"]
-  tested = {d: v for d, v in verdicts.items() if v != "not tested"}
-  note = f" (not tested on {', '.join(untested)})" if untested else ""
+  not tested on a dataset (its precondition failed), or a (K) pair whose
+  regimes never reach the target there, is no verdict either: it is left
+  out of the comparison and named."""
+  missing = {word: [d for d, v in verdicts.items() if v == word]
+             for word in NO_VERDICT}
+  tested = {d: v for d, v in verdicts.items() if v not in NO_VERDICT}
+  note = "".join(f" ({word} on {', '.join(names)})"
+                 for word, names in missing.items() if names)
   if not tested:
-    return "not tested" if untested else "-"
+    words = [word for word, names in missing.items() if names]
+    return " / ".join(words) if words else "-"
   if len(tested) == 1:
     return "one dataset only" + note
   if len(set(tested.values())) == 1:
