@@ -364,8 +364,8 @@ MUTANTS = [
       "negligible path step judged in absolute terms, not relative to size"),
     # -- the metrics: formulas ----------------------------------------------
     m("interp_den_without_product", METRICS_PY,
-      "weights[:, pi] * weights[:, pj],\n          pair,",
-      "weights[:, pi],\n          pair,", METRICS_CORE,
+      "_contract_rows(weights[:, pi] * weights[:, pj], pair)",
+      "_contract_rows(weights[:, pi], pair)", METRICS_CORE,
       "interpolation denominator without w_i w_j"),
     m("relative_over_second_moment", METRICS_PY,
       "_safe_ratio(num, sums[\"mixture\"], second)",

@@ -680,3 +680,32 @@ def test_first_call_traces_the_model_once_per_forward():
     again = L.measure(model, variables, images, **SMALL)
   assert lowerings.count == 0
   assert again.record == first.record
+
+
+def test_call_restores_the_garbage_collector():
+  """The collector is paused only inside a call: on again after it, after
+  a call that raises, and left off for a caller who turned it off."""
+  import gc
+
+  class Mlp(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Dense(7, name="hidden")(x.reshape(x.shape[0], -1)))
+      return nn.Dense(3, name="head")(x)
+
+  images = _images()
+  model = Mlp()
+  variables = model.init(jax.random.key(0), images[:1])
+  assert gc.isenabled()
+  L.measure(model, variables, images, **SMALL)
+  assert gc.isenabled()
+  with pytest.raises(ValueError, match="nothere"):
+    L.measure(model, variables, images, logits_layer="nothere", **SMALL)
+  assert gc.isenabled()
+  gc.disable()
+  try:
+    L.measure(model, variables, images, **SMALL)
+    assert not gc.isenabled()
+  finally:
+    gc.enable()

@@ -310,7 +310,8 @@ def measure(
   reps = reps_lib.Representations.of_model(
       model, layers=layers, apply_kwargs=apply_kwargs, mix_at=mix_at
   )
-  images = jnp.asarray(images)
+  if not isinstance(images, jax.Array):  # a transfer, not a compiled copy
+    images = jax.device_put(np.asarray(images))
   _check_images(images, preprocess, mix_at)
   if mix_at is not None:
     if preprocess is not None:

@@ -156,11 +156,6 @@ EPS_REL = 1e-10
 #: Absolute floor so an all-zero denominator never divides by zero.
 TINY = float(np.finfo(np.float32).tiny)
 
-_HIGHEST = (
-    lax.Precision.HIGHEST
-)  # no TF32/bf16 passes in the tiny mixing contractions
-
-
 def check_metrics(metrics) -> tuple[str, ...]:
   """``metrics`` in canonical order, or a ValueError naming the argument."""
   if isinstance(metrics, str):
@@ -324,6 +319,18 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   return sums
 
 
+def _contract_rows(coefficients, rows):
+  """``sum_k c[w, k] rows[l, k, t]`` -> (L, W, T) as broadcast
+  multiply-adds: an exact float32 sum of K (or K(K-1)/2) terms that XLA
+  fuses into its consumers, where a dot of so small a contraction is a
+  kernel of its own to compile and, on CPU, slower to run."""
+  terms = [
+      coefficients[None, :, k, None] * rows[:, k, None]
+      for k in range(rows.shape[1])
+  ]
+  return functools.reduce(jnp.add, terms)
+
+
 def _stack_layers(per_layer):
   """``{name: (L, R, T)}`` from the layers' :func:`_layer_sums`, through
   one concatenation of every sum, name-major, so that each name's rows
@@ -372,14 +379,9 @@ def _values_from_sums(sums, *, weights, metrics, rtol):
   out, degenerate = {}, {}
   if "num" in sums:
     num = sums["num"]  # (L, W, T)
-    second = jnp.einsum("wk,lkt->lwt", weights, hn, precision=_HIGHEST)
+    second = _contract_rows(weights, hn)
     if "interp_error" in metrics:
-      den = jnp.einsum(
-          "wp,lpt->lwt",
-          weights[:, pi] * weights[:, pj],
-          pair,
-          precision=_HIGHEST,
-      )
+      den = _contract_rows(weights[:, pi] * weights[:, pj], pair)
       out["interp_error"] = _safe_ratio(num, den, second)
       degenerate["interp_error"] = tuple_degenerate
     if "relative_error" in metrics:
@@ -474,9 +476,8 @@ def forward_points(
       want_tan and K == 2
   )  # K == 2: path points == mixtures
   if need_mix:
-    xm = jnp.einsum(
-        "wk,tk...->wt...", weights.astype(x.dtype), x, precision=_HIGHEST
-    )
+    flat = x.reshape(T, K, -1)
+    xm = _mix(weights.astype(x.dtype), [flat[:, k] for k in range(K)])
     pieces.append(xm.reshape((W * T,) + in_shape))
   G = 0
   if want_tan and K > 2:
