@@ -289,7 +289,10 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2`` and its
   ``path`` ``||h_2||^2``, the three sums of the tuple's points, so each
   layer costs one reduction kernel (not two) for one more row, and
-  nothing is copied.
+  nothing is copied.  Returns ``{name: [(W + 1, T)]}``, rows whole:
+  :func:`_split_two_point_rows` takes x_2's row apart once all layers are
+  stacked (sliced here, each layer's rows were a small XLA kernel per
+  name and layer, most of a first call's kernels).
   """
   h1 = points[0]
   w = jnp.concatenate([weights, jnp.asarray([[1.0, 0.0]], weights.dtype)])
@@ -307,16 +310,27 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
     lm = _mix(w, [_log_probs(p, shape) for p in points])
     terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
   out = _sums_over_last_axis(terms)
-  sums = {
-      "hn": [out["mixture"][-1], out["path"][-1]],
-      "pair": [out["num"][-1]],
-  }
-  sums.update({k: [v[:-1]] for k, v in out.items()})
-  if "relative_error" not in metrics:
-    del sums["mixture"]
   if "raw_gap" in metrics and not log_probs:
-    sums["gap2"] = sums["num"]
-  return sums
+    out["gap2"] = out["num"]
+  return {k: [v] for k, v in out.items()}
+
+
+def _split_two_point_rows(sums, metrics):
+  """The stacked sums of :func:`_layer_sums_two_points` (each (L, W + 1,
+  T)) in the form of :func:`_layer_sums`: x_2's row (the last) gives
+  ``hn`` (L, 2, T) and ``pair`` (L, 1, T), the other rows the W
+  mixtures' sums."""
+  W = sums["num"].shape[1] - 1
+  out = {
+      "hn": jnp.concatenate(
+          [sums["mixture"][:, W:], sums["path"][:, W:]], axis=1
+      ),
+      "pair": sums["num"][:, W:],
+  }
+  out.update({k: v[:, :W] for k, v in sums.items()})
+  if "relative_error" not in metrics:
+    del out["mixture"]
+  return out
 
 
 def _contract_rows(coefficients, rows):
@@ -597,6 +611,8 @@ def stacked_tuple_values(
       for i, (name, shape, dtype) in enumerate(layers)
   ]
   sums = _stack_layers(per_layer)
+  if ext is not None:
+    sums = _split_two_point_rows(sums, metrics)
   rtol = np.asarray(
       [degenerate_rtol_for(dtype, degenerate_rtol) for _, _, dtype in layers],
       np.float32,
