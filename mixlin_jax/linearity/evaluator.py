@@ -174,14 +174,23 @@ def _stacked(out, layers):
   values, masks, any_rows = [], [], []
   for m, v in out["values"].items():  # v: (L, R, B)
     d = out["degenerate"][m]  # (L, B) or (L, R, B)
-    values.append(v.reshape((-1, v.shape[-1])).astype(jnp.float32))
+    values.append(v.astype(jnp.float32))
     if d.ndim == 2:
       d = d[:, None]
-    masks.append(jnp.broadcast_to(d, v.shape).reshape(values[-1].shape))
+    masks.append(jnp.broadcast_to(d, v.shape))
     # A tuple left out at one path parameter or more counts once.
     any_rows.append(jnp.any(d, axis=1))
-  cat = lambda a: a[0] if len(a) == 1 else jnp.concatenate(a, axis=0)
-  return cat(values), cat(masks), cat(any_rows), out["tuple_degenerate"]
+
+  def rows(arrays):
+    # (L, R, B) blocks concatenated as they are and then flattened to
+    # rows: flattening each block first (its rows a slice of the sums)
+    # made XLA's concatenation kernel twice the machine code.
+    if len({a.shape for a in arrays}) > 1:  # K > 2: W and G rows differ
+      arrays = [a.reshape((-1, a.shape[-1])) for a in arrays]
+    out = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
+    return out.reshape((-1, out.shape[-1]))
+
+  return rows(values), rows(masks), rows(any_rows), out["tuple_degenerate"]
 
 
 @functools.partial(

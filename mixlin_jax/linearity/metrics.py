@@ -307,8 +307,11 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
       "path": jnp.square(ext),
   }
   if "raw_gap" in metrics and log_probs:
-    lm = _mix(w, [_log_probs(p, shape) for p in points])
-    terms["gap2"] = jnp.square(_log_probs(ext, shape) - lm)
+    # One log-softmax for x_1's rows and ext's, x_2's being ext's last:
+    # per point, each was a logsumexp of its own to compile.
+    lp = _log_probs(jnp.concatenate([h1[None], ext]), shape)
+    lm = _mix(w, [lp[0], lp[-1]])
+    terms["gap2"] = jnp.square(lp[1:] - lm)
   out = _sums_over_last_axis(terms)
   if "raw_gap" in metrics and not log_probs:
     out["gap2"] = out["num"]
