@@ -96,6 +96,7 @@ DEGENERATE = [
 TANGENT_STEP = [
     f"{LIN}::test_tangent_step_onto_the_first_point_has_no_value",
     f"{LIN}::test_evaluator_leaves_out_the_step_at_that_t_and_counts_it",
+    f"{LIN}::test_evaluator_counts_a_step_left_out_at_one_t_for_three_points",
 ]
 METRICS_CORE = [
     f"{LIN}::test_square_closed_form",
@@ -402,9 +403,13 @@ MUTANTS = [
       "key=jax.random.PRNGKey(config.seed),", SEED,
       "linearity tuples follow the training seed: pairs on other points"),
     m("step_counted_only_if_every_t", EVALUATOR_PY,
-      "any_rows.append(jnp.any(d, axis=1))",
-      "any_rows.append(jnp.all(d, axis=1))",
+      "any_rows = jnp.any(stacked == _LEFT_OUT, axis=1)",
+      "any_rows = jnp.all(stacked == _LEFT_OUT, axis=1)",
       EVALUATOR, "a tuple left out at one t only is not counted"),
+    m("step_counted_only_if_every_t_k3", EVALUATOR_PY,
+      "[jnp.any(b == _LEFT_OUT, axis=1) for b in blocks]",
+      "[jnp.all(b == _LEFT_OUT, axis=1) for b in blocks]",
+      EVALUATOR, "K > 2: a tuple left out at one t only is not counted"),
     m("collapsed_at_half", EVALUATOR_PY,
       "if out[\"degenerate\"][name] > COLLAPSED_FRACTION * self.num_tuples",
       "if out[\"degenerate\"][name] >= COLLAPSED_FRACTION * self.num_tuples",

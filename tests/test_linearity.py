@@ -512,3 +512,50 @@ def test_evaluator_leaves_out_the_step_at_that_t_and_counts_it():
   ]
   assert rows["count"].tolist() == [T - first_is_half, T]
   assert rows["degenerate"].tolist() == [first_is_half, 0]
+
+
+def test_nan_activations_poison_the_mean_not_the_counts():
+  """A NaN representation (here log of a negative input) is a broken
+  model, not a degenerate tuple: its mean is NaN and nothing is counted
+  as left out (the evaluator marks left-out values with a negative
+  sentinel, never with NaN)."""
+  images = np.asarray([[0.5], [-2.0], [1.5], [3.0]], np.float32)
+  ev = L.LinearityEvaluator(
+      lambda v, x: (x, {"00_log": jnp.log(x)}),
+      images,
+      num_points=2,
+      num_tuples=6,
+      batch_size=4,
+      key=0,
+  )
+  assert np.any(ev.tuples == 1)  # some tuple holds the negative input
+  rec = ev(None)
+  for metric in L.METRICS:
+    stats = rec[metric]["00_log"]
+    assert np.all(np.isnan(stats["mean"])), metric
+    assert stats["degenerate"] == 0 and stats["count"] == 6, metric
+
+
+def test_evaluator_counts_a_step_left_out_at_one_t_for_three_points():
+  """K = 3: the tangent path runs from x_1 to x_2 over ``grid``; a tuple
+  left out at one t is counted once, as for K = 2 (the rows of the
+  tangent residual then differ in number from the weights')."""
+  images = np.asarray([[0.5], [-2.0], [1.5]], np.float32)
+  T = 12
+  ev = L.LinearityEvaluator(
+      _fold_apply,
+      images,
+      num_points=3,
+      num_tuples=T,
+      batch_size=5,  # a padded last batch, masked out
+      key=4,
+      grid=(0.4, 0.2, 0.5),  # three path parameters, two weights
+      num_dirichlet=2,
+  )
+  # Only x_1 = 0.5, x_2 = -2 folds: x(0.4) = -0.5, h(x(0.4)) == h(x_1).
+  folds = int(np.sum((ev.tuples[:, 0] == 0) & (ev.tuples[:, 1] == 1)))
+  assert 0 < folds < T
+  square = ev(None)["tangent_residual"]["00_square"]
+  assert square["count_per_weight"] == [T - folds, T, T]
+  assert square["count"] == T - folds
+  assert square["degenerate"] == folds

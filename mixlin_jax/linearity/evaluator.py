@@ -155,42 +155,51 @@ def _rows_per_metric(metrics, num_weights, num_path):
   }
 
 
+#: A (tuple, row) left out of a metric's statistics carries this value:
+#: every metric is >= 0 (ratios of squared norms, a norm), so one array holds
+#: values and masks (a NaN value, e.g. from NaN activations, stays in and
+#: makes the mean NaN, as it should).
+_LEFT_OUT = -1.0
+
+
 def _stacked(out, layers):
-  """A batch's values and masks of every (metric, layer) as four arrays,
-  rows ordered by metric, then layer, then weight.
+  """A batch's values of every (metric, layer) as one array, rows ordered
+  by metric, then layer, then weight, with the masks the statistics need.
 
   ``out``: :func:`~mixlin_jax.linearity.metrics.stacked_tuple_values`.
-  Returns ``(values (S, B), degenerate (S, B), degenerate at one row or
-  more (M * L, B), tuple degenerate (L, B))``.  Merging and finishing the
-  statistics of these costs a handful of XLA kernels; kept as one leaf per
-  (metric, layer), they were hundreds of tiny kernels, and most of a first
-  call's compile time.
+  Returns ``(values (S, B), left out at one row or more (M * L, B), tuple
+  degenerate (L, B))``; ``values`` is ``_LEFT_OUT`` where a tuple is
+  degenerate (left out of that row).  Merging and finishing the
+  statistics of these costs a handful of XLA kernels; kept as one leaf
+  per (metric, layer), they were hundreds of tiny kernels, and a
+  separate mask array was a second concatenation kernel as large as the
+  values'.
   """
   traced = tuple(name for name, _, _ in out["layers"])
   if traced != tuple(layers):  # the host splits the rows by ``layers``
     raise ValueError(
         f"internal: layers traced {traced} differ from those bound {layers}"
     )
-  values, masks, any_rows = [], [], []
-  for m, v in out["values"].items():  # v: (L, R, B)
+  blocks = []  # (L, R, B) per metric
+  for m, v in out["values"].items():
     d = out["degenerate"][m]  # (L, B) or (L, R, B)
-    values.append(v.astype(jnp.float32))
     if d.ndim == 2:
       d = d[:, None]
-    masks.append(jnp.broadcast_to(d, v.shape))
-    # A tuple left out at one path parameter or more counts once.
-    any_rows.append(jnp.any(d, axis=1))
-
-  def rows(arrays):
-    # (L, R, B) blocks concatenated as they are and then flattened to
-    # rows: flattening each block first (its rows a slice of the sums)
-    # made XLA's concatenation kernel twice the machine code.
-    if len({a.shape for a in arrays}) > 1:  # K > 2: W and G rows differ
-      arrays = [a.reshape((-1, a.shape[-1])) for a in arrays]
-    out = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
-    return out.reshape((-1, out.shape[-1]))
-
-  return rows(values), rows(masks), rows(any_rows), out["tuple_degenerate"]
+    blocks.append(jnp.where(d, _LEFT_OUT, v.astype(jnp.float32)))
+  # A tuple left out at one path parameter or more counts once.  The
+  # blocks are concatenated as they are and flattened to rows after:
+  # flattening each first (its rows a slice of the sums) made XLA's
+  # concatenation kernel twice the machine code.
+  if len({b.shape for b in blocks}) == 1:
+    stacked = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+    values = stacked.reshape((-1, stacked.shape[-1]))
+    any_rows = jnp.any(stacked == _LEFT_OUT, axis=1)
+  else:  # K > 2: W and G rows differ
+    values = jnp.concatenate([b.reshape((-1, b.shape[-1])) for b in blocks])
+    any_rows = jnp.concatenate(
+        [jnp.any(b == _LEFT_OUT, axis=1) for b in blocks]
+    )
+  return values, any_rows, out["tuple_degenerate"]
 
 
 @functools.partial(
@@ -279,8 +288,8 @@ def _evaluate(
   def body(carry, inp):
     (n, mean, m2), degenerate, tuple_degenerate, dependence = carry
     idx, valid = inp
-    (values, masks, any_rows, tuple_deg), batch_dep = batch_values(idx)
-    kept = valid & ~masks
+    (values, any_rows, tuple_deg), batch_dep = batch_values(idx)
+    kept = valid & (values != _LEFT_OUT)
     # Every count of the batch in one reduction (float32 sums of at most B
     # ones are exact): as separate integer sums they were three times
     # three small kernels to compile.
