@@ -191,11 +191,19 @@ def _pair_indices(k: int):
   return i, j
 
 
-def _mix(weights, points):
-  """``sum_k w_k h_k``: (W, K), K points (T, D) -> (W, T, D), as broadcast
-  multiply-adds that XLA fuses into the reduction consuming them (a dot with
-  a contraction of 2 or 3 is slow on CPU and would be written out)."""
-  terms = [weights[:, k, None, None] * p[None] for k, p in enumerate(points)]
+def _weight_columns(weights):
+  """The K columns of (W, K) weights, each (W, 1, 1), for :func:`_mix`:
+  taken once per trace, not once per layer (each column is a slice, a
+  squeeze and a broadcast to trace and lower)."""
+  return tuple(weights[:, k, None, None] for k in range(weights.shape[1]))
+
+
+def _mix(columns, points):
+  """``sum_k w_k h_k``: :func:`_weight_columns` of (W, K) weights, K points
+  (T, D) -> (W, T, D), as broadcast multiply-adds that XLA fuses into the
+  reduction consuming them (a dot with a contraction of 2 or 3 is slow on
+  CPU and would be written out)."""
+  terms = [c * p[None] for c, p in zip(columns, points)]
   return functools.reduce(jnp.add, terms)
 
 
@@ -225,12 +233,14 @@ def _log_probs(flat, shape):
   return jax.nn.log_softmax(full, axis=-1).reshape(flat.shape)
 
 
-def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
+def _layer_sums(points, r, jd, hp, *, columns, path_t, metrics, shape,
                 log_probs):
   """The reductions over one layer's features that the metrics need.
 
   points: the K originals, each (T, D); r: (W, T, D) mixtures (or None);
-  jd: (T, D) JVP at x_1 (or None); hp: (G, T, D) path points (or None).
+  jd: (T, D) JVP at x_1 (or None); hp: (G, T, D) path points (or None);
+  columns: :func:`_weight_columns` of the weights; path_t: (G, 1, 1)
+  path parameters of ``hp`` (or None).
   Returns ``{name: [(..., T) arrays]}``: ``"hn"`` the K squared norms,
   ``"pair"`` the squared distances of the pairs i < j and, as needed,
   ``"num"`` ``||r - m||^2``, ``"mixture"`` ``||m||^2``, ``"gap2"`` the
@@ -255,14 +265,13 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
       "pair": [base[f"pair{i}_{j}"] for i, j in zip(pi, pj)],
   }
   h1 = points[0]  # (T, D)
-  t = None if tangent_t is None else tangent_t[:, None, None]
   if r is not None:
-    m = _mix(weights, points)  # fused, never written out
+    m = _mix(columns, points)  # fused, never written out
     terms = {"num": jnp.square(r - m)}
     if "relative_error" in metrics:
       terms["mixture"] = jnp.square(m)
     if "raw_gap" in metrics and log_probs:
-      lm = _mix(weights, [_log_probs(p, shape) for p in points])
+      lm = _mix(columns, [_log_probs(p, shape) for p in points])
       terms["gap2"] = jnp.square(_log_probs(r, shape) - lm)
     sums.update({k: [v] for k, v in _sums_over_last_axis(terms).items()})
     if "raw_gap" in metrics and not log_probs:
@@ -270,7 +279,7 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   if jd is not None:
     diff = hp - h1[None]  # (G, T, D)
     terms = {
-        "residual": jnp.square(diff - t * jd[None]),
+        "residual": jnp.square(diff - path_t * jd[None]),
         "displacement": jnp.square(diff),
         "path": jnp.square(hp),
     }
@@ -279,13 +288,15 @@ def _layer_sums(points, r, jd, hp, *, weights, tangent_t, metrics, shape,
   return sums
 
 
-def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
+def _layer_sums_two_points(points, ext, jd, *, columns, metrics, shape,
                            log_probs):
   """:func:`_layer_sums` for K = 2 with every forward, in one reduction.
 
   ``ext``: ``(W + 1, T, D)``, the mixtures' rows then x_2's, a view of
-  the forward's output (see :func:`forward_points`).  x_2's row is reduced
-  with the weights (1, 0), i.e. against the "mixture" h_1: its ``num``
+  the forward's output (see :func:`forward_points`); ``columns``:
+  :func:`_weight_columns` of the weights with a last row (1, 0).  x_2's
+  row is reduced with the weights (1, 0), i.e. against the "mixture" h_1:
+  its ``num``
   is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2`` and its
   ``path`` ``||h_2||^2``, the three sums of the tuple's points, so each
   layer costs one reduction kernel (not two) for one more row, and
@@ -295,9 +306,8 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
   name and layer, most of a first call's kernels).
   """
   h1 = points[0]
-  w = jnp.concatenate([weights, jnp.asarray([[1.0, 0.0]], weights.dtype)])
-  t = w[:, 1, None, None]
-  m = _mix(w, points)  # fused, never written out
+  t = columns[1]  # the path parameter of each row
+  m = _mix(columns, points)  # fused, never written out
   diff = ext - h1[None]
   terms = {
       "num": jnp.square(ext - m),
@@ -310,7 +320,7 @@ def _layer_sums_two_points(points, ext, jd, *, weights, metrics, shape,
     # One log-softmax for x_1's rows and ext's, x_2's being ext's last:
     # per point, each was a logsumexp of its own to compile.
     lp = _log_probs(jnp.concatenate([h1[None], ext]), shape)
-    lm = _mix(w, [lp[0], lp[-1]])
+    lm = _mix(columns, [lp[0], lp[-1]])
     terms["gap2"] = jnp.square(lp[1:] - lm)
   out = _sums_over_last_axis(terms)
   if "raw_gap" in metrics and not log_probs:
@@ -356,10 +366,11 @@ def _stack_layers(per_layer):
   pieces, shapes = [], {}
   for name in names:
     for sums in per_layer:
-      parts = [p.reshape((-1, p.shape[-1])) for p in sums[name]]
-      pieces += parts
-      shapes[name] = (sum(p.shape[0] for p in parts), parts[0].shape[-1])
-  flat = jnp.concatenate([p.reshape(-1) for p in pieces])
+      parts = sums[name]  # each (..., T)
+      pieces += [p.reshape(-1) for p in parts]
+      shapes[name] = (sum(p.size for p in parts) // parts[0].shape[-1],
+                      parts[0].shape[-1])
+  flat = jnp.concatenate(pieces)
   out, start = {}, 0
   num_layers = len(per_layer)
   for name in names:
@@ -494,7 +505,10 @@ def forward_points(
   )  # K == 2: path points == mixtures
   if need_mix:
     flat = x.reshape(T, K, -1)
-    xm = _mix(weights.astype(x.dtype), [flat[:, k] for k in range(K)])
+    xm = _mix(
+        _weight_columns(weights.astype(x.dtype)),
+        [flat[:, k] for k in range(K)],
+    )
     pieces.append(xm.reshape((W * T,) + in_shape))
   G = 0
   if want_tan and K > 2:
@@ -589,12 +603,19 @@ def stacked_tuple_values(
       constrain,
   )
   weights = jnp.asarray(weights, jnp.float32)
+  # Per-layer constants, traced once: x_2's row of ext has the weights (1, 0).
+  columns = _weight_columns(
+      weights
+      if ext is None
+      else jnp.concatenate([weights, jnp.asarray([[1.0, 0.0]], jnp.float32)])
+  )
+  path_t = None if t_vals is None else t_vals[:, None, None]
   per_layer = [
       _layer_sums_two_points(
           h[i],
           ext[i],
           jd[i],
-          weights=weights,
+          columns=columns,
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
@@ -605,8 +626,8 @@ def stacked_tuple_values(
           None if r is None else r[i],
           None if jd is None else jd[i],
           None if hp is None else hp[i],
-          weights=weights,
-          tangent_t=t_vals,
+          columns=columns,
+          path_t=path_t,
           metrics=metrics,
           shape=shape,
           log_probs=name in logits_layers,
