@@ -360,22 +360,25 @@ def _contract_rows(coefficients, rows):
 
 def _stack_layers(per_layer):
   """``{name: (L, R, T)}`` from the layers' :func:`_layer_sums`, through
-  one concatenation of every sum, name-major, so that each name's rows
-  are a contiguous slice (XLA makes it one small kernel per name)."""
+  one concatenation of every sum as rows (R, T), name-major, so that each
+  name's rows are a contiguous slice (XLA makes it one small kernel per
+  name).  Only a (T,) sum is reshaped to a row: the K = 2 sums, already
+  (W + 1, T), go in as they are."""
   names = list(per_layer[0])
-  pieces, shapes = [], {}
+  pieces, rows = [], {}
   for name in names:
     for sums in per_layer:
-      parts = sums[name]  # each (..., T)
-      pieces += [p.reshape(-1) for p in parts]
-      shapes[name] = (sum(p.size for p in parts) // parts[0].shape[-1],
-                      parts[0].shape[-1])
+      parts = [p if p.ndim == 2 else p.reshape((1, -1)) for p in sums[name]]
+      pieces += parts
+      rows[name] = sum(p.shape[0] for p in parts)
   flat = jnp.concatenate(pieces)
   out, start = {}, 0
   num_layers = len(per_layer)
   for name in names:
-    size = num_layers * shapes[name][0] * shapes[name][1]
-    out[name] = flat[start:start + size].reshape((num_layers,) + shapes[name])
+    size = num_layers * rows[name]
+    out[name] = flat[start:start + size].reshape(
+        (num_layers, rows[name], flat.shape[-1])
+    )
     start += size
   return out
 
@@ -526,8 +529,6 @@ def forward_points(
   sizes = [p.shape[0] for p in pieces]
   z = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
   hz = acts(z)
-  offsets = np.cumsum([0] + sizes)
-  parts = [tuple(a[s:e] for a in hz) for s, e in zip(offsets[:-1], offsets[1:])]
   first = (lambda l: (h1[l],)) if want_tan else (lambda l: ())
   if want_tan and K == 2:
     # The mixtures then x_2, as one (W + 1, T, D) view of the output: the
@@ -538,6 +539,10 @@ def forward_points(
     r = tuple(e[:W] for e in ext)
   else:
     ext = None
+    offsets = np.cumsum([0] + sizes)
+    parts = [
+        tuple(a[s:e] for a in hz) for s, e in zip(offsets[:-1], offsets[1:])
+    ]
     orig = parts.pop()
     h = tuple(
         first(l) + tuple(o[k * T:(k + 1) * T] for k in range(o.shape[0] // T))
