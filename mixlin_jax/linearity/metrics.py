@@ -296,11 +296,10 @@ def _layer_sums_two_points(points, ext, jd, *, columns, metrics, shape,
   the forward's output (see :func:`forward_points`); ``columns``:
   :func:`_weight_columns` of the weights with a last row (1, 0).  x_2's
   row is reduced with the weights (1, 0), i.e. against the "mixture" h_1:
-  its ``num``
-  is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2`` and its
-  ``path`` ``||h_2||^2``, the three sums of the tuple's points, so each
-  layer costs one reduction kernel (not two) for one more row, and
-  nothing is copied.  Returns ``{name: [(W + 1, T)]}``, rows whole:
+  its ``num`` is then ``||h_2 - h_1||^2``, its ``mixture`` ``||h_1||^2``
+  and its ``path`` ``||h_2||^2``, the three sums of the tuple's points,
+  so each layer costs one reduction kernel (not two) for one more row,
+  and nothing is copied.  Returns ``{name: [(W + 1, T)]}``, rows whole:
   :func:`_split_two_point_rows` takes x_2's row apart once all layers are
   stacked (sliced here, each layer's rows were a small XLA kernel per
   name and layer, most of a first call's kernels).
