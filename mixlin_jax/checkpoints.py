@@ -40,7 +40,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import types
 from typing import Any, Iterator
@@ -245,18 +247,27 @@ class Checkpoints:
           "layout_sha256": _layout_digest(arrays),
           "arrays": len(arrays),
       }
-    self._manager.save(
-        epoch,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                metrics=ocp.args.JsonSave(payload)),
-        force=True)
+    with _interrupts_deferred():
+      self._manager.save(
+          epoch,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  metrics=ocp.args.JsonSave(payload)),
+          force=True)
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def wait(self, *, abandon_on_interrupt: bool = False) -> None:
+    """Waits for the save in flight.  Ctrl-C during the wait is raised once
+    the save is complete, or at once with ``abandon_on_interrupt`` (the
+    save is then left unfinished; the next start deletes it)."""
+    if abandon_on_interrupt:
+      self._manager.wait_until_finished()
+      return
+    with _interrupts_deferred():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with _interrupts_deferred():
+      self._manager.wait_until_finished()
+      self._manager.close()
 
   # -- reading --------------------------------------------------------------
   def restore(self, epoch: int, target: Any, *,
@@ -548,6 +559,40 @@ def describe_error(error: BaseException) -> str:
   if not isinstance(root, CheckpointError):
     text = f"{type(root).__name__}: {text}"
   return text if len(text) < 500 else text[:500] + "..."
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+  """Ctrl-C (SIGINT) inside the block is raised when the block ends.
+
+  Orbax handles an interrupt in the middle of its own waits badly: in
+  ``wait_until_finished`` it logs a traceback and forgets the checkpoint
+  it was finalizing (which still lands on disk, so a run reported "no
+  epoch saved" with epoch 1 there), and inside the event loops it runs
+  in the calling thread the interrupt can be lost (a run went on to its
+  last epoch and exited 0).  So the first SIGINT is only recorded, and
+  ``KeyboardInterrupt`` is raised after Orbax returns; a second one is
+  raised at once, to abandon a wait that hangs.  Outside the main thread,
+  or where SIGINT is ignored or handled by someone else, nothing changes.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  received = []
+
+  def record(signum, frame):
+    received.append(signum)
+    if len(received) > 1:
+      raise KeyboardInterrupt
+
+  signal.signal(signal.SIGINT, record)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  if received:
+    raise KeyboardInterrupt
 
 
 # -- test-only hook -------------------------------------------------------------

@@ -605,7 +605,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Finish the save in flight (the epoch before is complete and good). A
     # second Ctrl-C abandons it: Orbax commits by renaming a finished
     # temporary folder, and the next start deletes an unfinished one.
-    checkpoints.wait()
+    checkpoints.wait(abandon_on_interrupt=True)
     raise TrainingInterrupted(checkpoints.latest_epoch()) from None
   finally:
     checkpoints.close()
