@@ -238,8 +238,7 @@ def test_ctrl_c_prints_one_line_finishes_the_save_and_exits_130(tmp_path):
 def test_ctrl_c_while_a_save_waits_for_the_previous_one(tmp_path):
   # Epoch 1's save pauses 3 s before its commit, so one second after its
   # line the run is inside Orbax, waiting for it before saving epoch 2.
-  # There Orbax logged a traceback, forgot epoch 1 (the run said "no epoch
-  # saved" with epoch 1 on disk) or, in its event loop, lost the interrupt
-  # (the run went on and exited 0): the interrupt now waits for Orbax.
+  # There Orbax logged a traceback and forgot epoch 1 (the run said "no
+  # epoch saved" with epoch 1 on disk): the interrupt now waits for Orbax.
   _assert_interrupted_with_the_save_finished(*_interrupt_after_first_epoch(
       tmp_path, pause_s=1.0, **{ckpt_lib.COMMIT_DELAY_ENV: "3"}))
