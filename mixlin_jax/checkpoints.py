@@ -565,17 +565,14 @@ def describe_error(error: BaseException) -> str:
 def _interrupts_deferred() -> Iterator[None]:
   """Ctrl-C (SIGINT) inside the block is raised when the block ends.
 
-  Orbax handles an interrupt in the middle of its own work badly: in
+  Orbax handles an interrupt in the middle of its own wait badly: in
   ``wait_until_finished`` it logs a traceback and forgets the checkpoint
   it was finalizing, which still lands on disk (a run said "no epoch
   saved" with epoch 1 there; ``tests/test_cli.py`` reproduces it with the
-  commit-delay hook).  Once, in CI, a run even went on after its SIGINT
-  and exited 0, most likely an interrupt taken inside Orbax's save, whose
-  event loops run in the calling thread (not reproduced in 15 timed
-  tries).  So the first SIGINT is only recorded, and ``KeyboardInterrupt``
-  is raised after Orbax returns; a second one is raised at once, to
-  abandon a wait that hangs.  Outside the main thread, or where SIGINT is
-  ignored or handled by someone else, nothing changes.
+  commit-delay hook).  So the first SIGINT is only recorded, and
+  ``KeyboardInterrupt`` is raised after Orbax returns; a second one is
+  raised at once, to abandon a wait that hangs.  Outside the main thread,
+  or where SIGINT is ignored or handled by someone else, nothing changes.
   """
   if (threading.current_thread() is not threading.main_thread()
       or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):

@@ -188,6 +188,13 @@ def test_batch_log_is_one_line_per_epoch_and_analysis_only_warns(tmp_path):
 # Ctrl-C
 
 
+def _sigint_as_at_a_terminal():
+  # A suite started in the background by a shell without job control (`cmd
+  # &` in a script) inherits SIGINT ignored, and so would the run: Ctrl-C
+  # is tested as a user at a terminal sends it.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after_first_epoch(tmp_path, *, pause_s=0.0, **env):
   """Runs the tiny config for up to 200 epochs, sends SIGINT ``pause_s``
   after the first epoch line, and returns ``(status, stderr, workdir)``."""
@@ -198,7 +205,7 @@ def _interrupt_after_first_epoch(tmp_path, *, pause_s=0.0, **env):
         [sys.executable, helpers.RUN_PY] + helpers.tiny_flags(
             train__epochs=200) + [f"--workdir={workdir}"],
         env=helpers.subprocess_env(one_device=True, **env), stdout=out,
-        stderr=err, cwd=helpers.ROOT)
+        stderr=err, cwd=helpers.ROOT, preexec_fn=_sigint_as_at_a_terminal)
   try:
     deadline = time.monotonic() + 300
     while "epoch 1:" not in out_path.read_text():
